@@ -1,0 +1,59 @@
+# mnist-serving: the two set-up commands are `make run` and `make test` (see README.md).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+MODELS ?= models
+RUNS ?= runs
+SERVE_ARGS ?=
+
+.PHONY: run model train export serve test lint protos bench clean
+
+# Main job: environment → data → train (if no run) → export with parity (if no model) → serve.
+run: model
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[train,serve,client]'
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed-run
+
+# Idempotent: reuses the data cache, the newest run and the newest published model.
+model: $(VENV)/.installed-run
+	@if ls $(MODELS)/mnist/*/model.onnx >/dev/null 2>&1 && [ -z "$(FORCE_TRAIN)" ]; then \
+		echo "model already published: $$(ls -d $(MODELS)/mnist/* | sort -t/ -k3 -n | tail -1)/model.onnx"; \
+	else \
+		if [ -n "$(FORCE_TRAIN)" ] || ! ls $(RUNS)/*/model.pt >/dev/null 2>&1; then \
+			$(BIN)/mnist-train --runs-dir $(RUNS) || exit 1; \
+		fi; \
+		$(BIN)/mnist-export --runs-dir $(RUNS) --model-repository $(MODELS) || exit 1; \
+	fi
+
+train: $(VENV)/.installed-run
+	$(BIN)/mnist-train --runs-dir $(RUNS)
+
+export: $(VENV)/.installed-run
+	$(BIN)/mnist-export --runs-dir $(RUNS) --model-repository $(MODELS)
+
+serve: $(VENV)/.installed-run
+	$(BIN)/mnist-serve --model-repository $(MODELS) $(SERVE_ARGS)
+
+# Tests: lint, then the whole suite (real training on small settings, real servers on loopback).
+test: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+
+# Regenerate the gRPC stubs from protos/ (a test fails when the committed ones are stale).
+protos: $(VENV)/.installed-dev
+	$(BIN)/python -m mnist_serving.protos.generate
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

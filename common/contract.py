@@ -1,0 +1,56 @@
+"""The model contract: the one definition of the served model's tensors.
+
+Training, export, the server and the client all import these names, so a change
+here is a change everywhere (and a mismatch is caught at load time, not in production).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MODEL_NAME = "mnist"
+"""Name of the fp32 model in the repository and over the v2 protocol."""
+
+INT8_MODEL_NAME = "mnist-int8"
+"""Name of the dynamically quantised variant."""
+
+IMAGE_HEIGHT = 28
+IMAGE_WIDTH = 28
+IMAGE_PIXELS = IMAGE_HEIGHT * IMAGE_WIDTH
+NUM_CLASSES = 10
+OPSET = 18
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A named tensor: -1 marks the dynamic batch axis."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    v2_datatype: str
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-friendly form for sidecars and metadata."""
+        return {"name": self.name, "datatype": self.v2_datatype, "shape": list(self.shape)}
+
+
+INPUT = TensorSpec("image", np.dtype(np.uint8), (-1, IMAGE_HEIGHT, IMAGE_WIDTH), "UINT8")
+OUTPUT_PROBABILITIES = TensorSpec(
+    "probabilities", np.dtype(np.float32), (-1, NUM_CLASSES), "FP32"
+)
+OUTPUT_LABEL = TensorSpec("label", np.dtype(np.int64), (-1,), "INT64")
+OUTPUTS = (OUTPUT_PROBABILITIES, OUTPUT_LABEL)
+
+MODEL_FILENAME = "model.onnx"
+SIDECAR_FILENAME = "model.json"
+
+
+def contract_dict() -> dict[str, object]:
+    """The contract as recorded in each published model's sidecar and metadata."""
+    return {
+        "inputs": [INPUT.as_dict()],
+        "outputs": [spec.as_dict() for spec in OUTPUTS],
+    }

@@ -1,0 +1,80 @@
+"""The model repository layout, shared by the exporter (writer) and the server (reader).
+
+Laid out like Triton's: ``<root>/<model name>/<version>/model.onnx`` plus a sidecar
+``model.json``. Versions are positive integers; a version directory appears only by an
+atomic rename of a complete, verified directory, so readers never see half a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from mnist_serving.contract import MODEL_FILENAME, SIDECAR_FILENAME
+
+_VERSION_DIR = re.compile(r"^[1-9][0-9]{0,8}$")
+
+
+def model_dir(root: str | Path, name: str) -> Path:
+    return Path(root) / name
+
+
+def list_versions(root: str | Path, name: str) -> list[int]:
+    """Published versions of a model, ascending; staging and stray entries are ignored."""
+    directory = model_dir(root, name)
+    if not directory.is_dir():
+        return []
+    return sorted(
+        int(entry.name)
+        for entry in directory.iterdir()
+        if _VERSION_DIR.match(entry.name) and entry.is_dir()
+    )
+
+
+def version_dir(root: str | Path, name: str, version: int) -> Path:
+    return model_dir(root, name) / str(int(version))
+
+
+def read_sidecar(path: str | Path) -> dict:
+    """The sidecar of a version directory (or of a model.onnx path's directory)."""
+    path = Path(path)
+    directory = path.parent if path.suffix == ".onnx" else path
+    return json.loads((directory / SIDECAR_FILENAME).read_text())
+
+
+def publish(
+    root: str | Path, name: str, write: Callable[[Path, int], None]
+) -> tuple[int, Path]:
+    """Stage a new version in a hidden directory, let ``write`` fill it, then rename it in.
+
+    ``write(staging_dir, version)`` must create model.onnx and the sidecar; if it raises,
+    the staging directory is removed and no version appears.
+    """
+    directory = model_dir(root, name)
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=directory))
+    try:
+        while True:
+            existing = list_versions(root, name)
+            version = (existing[-1] + 1) if existing else 1
+            write(staging, version)
+            for required in (MODEL_FILENAME, SIDECAR_FILENAME):
+                if not (staging / required).is_file():
+                    raise RuntimeError(f"publish: {required} was not written")
+            os.chmod(staging, 0o755)
+            target = version_dir(root, name, version)
+            try:
+                os.rename(staging, target)  # atomic; fails if a concurrent publisher won
+            except OSError:
+                if target.exists():
+                    continue
+                raise
+            return version, target
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)

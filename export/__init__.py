@@ -1,0 +1,1 @@
+"""ONNX export with a parity gate, and publishing into the model repository."""

@@ -1,0 +1,1 @@
+"""The gRPC inference server (needs the [serve] extra; never imports torch)."""

@@ -1,0 +1,1 @@
+"""PyTorch training of the MNIST MLP (needs the [train] extra)."""
