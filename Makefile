@@ -10,6 +10,7 @@ SERVE_ARGS ?=
 
 # Main job: environment → data → train (if no run) → export with parity (if no model) → serve.
 run: model
+	$(BIN)/mnist-serve --model-repository $(MODELS) $(SERVE_ARGS)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,10 +47,12 @@ serve: $(VENV)/.installed-run
 # Tests: lint, then the whole suite (real training on small settings, real servers on loopback).
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Regenerate the gRPC stubs from protos/ (a test fails when the committed ones are stale).
 protos: $(VENV)/.installed-dev

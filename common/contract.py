@@ -38,9 +38,7 @@ class TensorSpec:
 
 
 INPUT = TensorSpec("image", np.dtype(np.uint8), (-1, IMAGE_HEIGHT, IMAGE_WIDTH), "UINT8")
-OUTPUT_PROBABILITIES = TensorSpec(
-    "probabilities", np.dtype(np.float32), (-1, NUM_CLASSES), "FP32"
-)
+OUTPUT_PROBABILITIES = TensorSpec("probabilities", np.dtype(np.float32), (-1, NUM_CLASSES), "FP32")
 OUTPUT_LABEL = TensorSpec("label", np.dtype(np.int64), (-1,), "INT64")
 OUTPUTS = (OUTPUT_PROBABILITIES, OUTPUT_LABEL)
 

@@ -48,9 +48,7 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     body = len(data) - header
     if body != expected:
-        raise IdxError(
-            f"{source}: IDX body has {body} bytes, header shape {list(shape)} needs {expected}"
-        )
+        raise IdxError(f"{source}: IDX body has {body} bytes, header shape {list(shape)} needs {expected}")
     array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
     return array.astype(dtype.newbyteorder("="), copy=True)
 

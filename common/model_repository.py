@@ -30,9 +30,7 @@ def list_versions(root: str | Path, name: str) -> list[int]:
     if not directory.is_dir():
         return []
     return sorted(
-        int(entry.name)
-        for entry in directory.iterdir()
-        if _VERSION_DIR.match(entry.name) and entry.is_dir()
+        int(entry.name) for entry in directory.iterdir() if _VERSION_DIR.match(entry.name) and entry.is_dir()
     )
 
 
@@ -47,9 +45,7 @@ def read_sidecar(path: str | Path) -> dict:
     return json.loads((directory / SIDECAR_FILENAME).read_text())
 
 
-def publish(
-    root: str | Path, name: str, write: Callable[[Path, int], None]
-) -> tuple[int, Path]:
+def publish(root: str | Path, name: str, write: Callable[[Path, int], None]) -> tuple[int, Path]:
     """Stage a new version in a hidden directory, let ``write`` fill it, then rename it in.
 
     ``write(staging_dir, version)`` must create model.onnx and the sidecar; if it raises,

@@ -31,15 +31,25 @@ CHECKPOINT = "model.pt"
 
 
 def newest_run(runs_dir: Path) -> Path:
-    runs = sorted((p for p in runs_dir.glob("*") if (p / CHECKPOINT).is_file()),
-                  key=lambda p: (p / CHECKPOINT).stat().st_mtime)
+    runs = sorted(
+        (p for p in runs_dir.glob("*") if (p / CHECKPOINT).is_file()),
+        key=lambda p: (p / CHECKPOINT).stat().st_mtime,
+    )
     if not runs:
         raise FileNotFoundError(f"no trained run (with {CHECKPOINT}) under {runs_dir}/; run mnist-train")
     return runs[-1]
 
 
-def _sidecar(version: int, run_dir: Path, config: dict, onnx_bytes: bytes, parity: dict,
-             test_accuracy: float, data: Mnist, extra: dict | None = None) -> dict:
+def _sidecar(
+    version: int,
+    run_dir: Path,
+    config: dict,
+    onnx_bytes: bytes,
+    parity: dict,
+    test_accuracy: float,
+    data: Mnist,
+    extra: dict | None = None,
+) -> dict:
     return {
         "name": None,  # filled by caller
         "version": version,
@@ -85,7 +95,10 @@ def _publish(
 
 
 def export_run(
-    run_dir: Path, repository: Path, data: Mnist, quantize: str | None = None,
+    run_dir: Path,
+    repository: Path,
+    data: Mnist,
+    quantize: str | None = None,
     transform: Callable[[onnx.ModelProto], None] | None = None,
 ) -> dict:
     """Export, gate and publish one run; ``transform`` (tests only) alters the graph first.
@@ -104,11 +117,17 @@ def export_run(
     if not report.passed:
         raise ParityError(report.describe())
     result = {"parity": report.as_dict(), "test_accuracy": report.onnx_accuracy}
-    version, path = _publish(repository, MODEL_NAME, proto, lambda v: _sidecar(
-        v, run_dir, config, onnx_bytes, report.as_dict(), report.onnx_accuracy, data))
+    version, path = _publish(
+        repository,
+        MODEL_NAME,
+        proto,
+        lambda v: _sidecar(v, run_dir, config, onnx_bytes, report.as_dict(), report.onnx_accuracy, data),
+    )
     result.update(version=version, path=str(path / MODEL_FILENAME))
-    print(f"published {MODEL_NAME} version {version}: {path / MODEL_FILENAME} "
-          f"(test accuracy {report.onnx_accuracy:.4f})")
+    print(
+        f"published {MODEL_NAME} version {version}: {path / MODEL_FILENAME} "
+        f"(test accuracy {report.onnx_accuracy:.4f})"
+    )
     if quantize == "int8":
         int8_bytes = quantize_int8(onnx_bytes)
         quant = compare(onnx_bytes, int8_bytes, data.x_test, data.y_test)
@@ -116,9 +135,21 @@ def export_run(
         result["int8"] = quant.as_dict()
         if quant.passed:
             int8_proto = onnx.load_from_string(int8_bytes)
-            v8, p8 = _publish(repository, INT8_MODEL_NAME, int8_proto, lambda v: _sidecar(
-                v, run_dir, config, int8_bytes, report.as_dict(), quant.int8_accuracy, data,
-                {"quantization": quant.as_dict(), "fp32_version": version}))
+            v8, p8 = _publish(
+                repository,
+                INT8_MODEL_NAME,
+                int8_proto,
+                lambda v: _sidecar(
+                    v,
+                    run_dir,
+                    config,
+                    int8_bytes,
+                    report.as_dict(),
+                    quant.int8_accuracy,
+                    data,
+                    {"quantization": quant.as_dict(), "fp32_version": version},
+                ),
+            )
             result["int8"].update(version=v8, path=str(p8 / MODEL_FILENAME))
             print(f"published {INT8_MODEL_NAME} version {v8}: {p8 / MODEL_FILENAME}")
         else:
@@ -127,10 +158,12 @@ def export_run(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="mnist-export", description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("run_dir", nargs="?", type=Path,
-                        help="run directory to export (default: the newest under --runs-dir)")
+    parser = argparse.ArgumentParser(
+        prog="mnist-export", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "run_dir", nargs="?", type=Path, help="run directory to export (default: the newest under --runs-dir)"
+    )
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--model-repository", type=Path, default=Path("models"))
     parser.add_argument("--data-dir", type=Path, help="MNIST IDX directory (else cache / download)")

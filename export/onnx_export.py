@@ -28,8 +28,9 @@ def export_onnx(model: ServingModel) -> onnx.ModelProto:
     with warnings.catch_warnings():
         warnings.simplefilter("error", category=DeprecationWarning)
         # torch.export's own pytree internals (not our call) emit this one.
-        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*",
-                                category=FutureWarning)
+        warnings.filterwarnings(
+            "ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning
+        )
         program = torch.onnx.export(
             model,
             (example,),

@@ -33,9 +33,11 @@ class ParityReport:
         return {**asdict(self), "passed": self.passed}
 
     def describe(self) -> str:
-        return (f"parity: {self.labels_equal}/{self.images} labels equal, "
-                f"max |Δprob| {self.max_abs_diff:.2e} (limit {self.tolerance:.0e}), "
-                f"onnx accuracy {self.onnx_accuracy:.4f}, torch accuracy {self.torch_accuracy:.4f}")
+        return (
+            f"parity: {self.labels_equal}/{self.images} labels equal, "
+            f"max |Δprob| {self.max_abs_diff:.2e} (limit {self.tolerance:.0e}), "
+            f"onnx accuracy {self.onnx_accuracy:.4f}, torch accuracy {self.torch_accuracy:.4f}"
+        )
 
 
 def cpu_session(onnx_bytes: bytes, threads: int = 0) -> ort.InferenceSession:
@@ -52,7 +54,7 @@ def run_onnx(
     probs, labels = [], []
     for start in range(0, len(images), batch):
         p, label = session.run(
-            [OUTPUT_PROBABILITIES.name, OUTPUT_LABEL.name], {INPUT.name: images[start:start + batch]}
+            [OUTPUT_PROBABILITIES.name, OUTPUT_LABEL.name], {INPUT.name: images[start : start + batch]}
         )
         probs.append(p)
         labels.append(label)
@@ -64,14 +66,17 @@ def run_torch(model: torch.nn.Module, images: np.ndarray, batch: int = 2000) -> 
     probs, labels = [], []
     with torch.no_grad():
         for start in range(0, len(images), batch):
-            p, label = model(torch.from_numpy(images[start:start + batch]))
+            p, label = model(torch.from_numpy(images[start : start + batch]))
             probs.append(p.numpy())
             labels.append(label.numpy())
     return np.concatenate(probs), np.concatenate(labels)
 
 
 def check_parity(
-    onnx_bytes: bytes, model: torch.nn.Module, images: np.ndarray, labels: np.ndarray,
+    onnx_bytes: bytes,
+    model: torch.nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
     tolerance: float = MAX_ABS_DIFF,
 ) -> ParityReport:
     """Compare onnxruntime (CPU) with PyTorch in eval mode on every image given."""

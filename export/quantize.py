@@ -23,16 +23,23 @@ class QuantReport:
 
     @property
     def passed(self) -> bool:
-        return (self.fp32_accuracy - self.int8_accuracy <= MAX_ACCURACY_DROP
-                and self.agreement >= MIN_AGREEMENT)
+        return (
+            self.fp32_accuracy - self.int8_accuracy <= MAX_ACCURACY_DROP and self.agreement >= MIN_AGREEMENT
+        )
 
     def as_dict(self) -> dict[str, object]:
-        return {**asdict(self), "max_accuracy_drop": MAX_ACCURACY_DROP,
-                "min_agreement": MIN_AGREEMENT, "passed": self.passed}
+        return {
+            **asdict(self),
+            "max_accuracy_drop": MAX_ACCURACY_DROP,
+            "min_agreement": MIN_AGREEMENT,
+            "passed": self.passed,
+        }
 
     def describe(self) -> str:
-        return (f"int8: accuracy {self.int8_accuracy:.4f} vs fp32 {self.fp32_accuracy:.4f}, "
-                f"labels agree on {self.agreement:.2%}")
+        return (
+            f"int8: accuracy {self.int8_accuracy:.4f} vs fp32 {self.fp32_accuracy:.4f}, "
+            f"labels agree on {self.agreement:.2%}"
+        )
 
 
 def quantize_int8(fp32_bytes: bytes) -> bytes:
@@ -43,8 +50,7 @@ def quantize_int8(fp32_bytes: bytes) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(proto, source)
-        quantize_dynamic(source, target, weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul", "Gemm"])
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
         return target.read_bytes()
 
 

@@ -26,8 +26,9 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, mnist: Mnist) -> Path:
     from mnist_serving.train.cli import main as train_main
 
     run_dir = tmp_path_factory.mktemp("runs") / "fixture-default"
-    code = train_main(["--run-dir", str(run_dir), "--epochs", str(FIXTURE_EPOCHS),
-                       "--no-progress", "--seed", "1"])
+    code = train_main(
+        ["--run-dir", str(run_dir), "--epochs", str(FIXTURE_EPOCHS), "--no-progress", "--seed", "1"]
+    )
     assert code == 0
     return run_dir
 
@@ -40,3 +41,25 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory, trained_run: Path
     repository = tmp_path_factory.mktemp("models")
     export_run(trained_run, repository, mnist, quantize="int8")
     return repository
+
+
+@pytest.fixture(scope="session")
+def server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The real server, on a loopback port, serving the fixture's model repository."""
+    from tests.server_process import ServerProcess
+
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    process = ServerProcess(model_repository, log_path=log)
+    process.wait_serving()
+    yield process
+    assert process.stop() == 0, log.read_text()[-2000:]
+
+
+@pytest.fixture(scope="session")
+def onnx_reference(model_repository: Path, mnist: Mnist):
+    """In-process onnxruntime answers on the test set: what every server answer must equal."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_repository / "mnist" / "1" / "model.onnx"))
+    probabilities, labels = session.run(None, {"image": mnist.x_test})
+    return probabilities, labels

@@ -8,8 +8,18 @@ from mnist_serving.train.model import MnistMLP, summary
 from mnist_serving.train.recipes import get_recipe
 from mnist_serving.train.trainer import random_shift
 
-ARTEFACTS = ["model.pt", "final.pt", "config.json", "summary.json", "metrics.json", "metrics.csv",
-             "loss.png", "accuracy.png", "samples.png", "confusion.png"]
+ARTEFACTS = [
+    "model.pt",
+    "final.pt",
+    "config.json",
+    "summary.json",
+    "metrics.json",
+    "metrics.csv",
+    "loss.png",
+    "accuracy.png",
+    "samples.png",
+    "confusion.png",
+]
 
 
 def test_architecture_is_the_seeds():
@@ -22,7 +32,13 @@ def test_architecture_is_the_seeds():
 def test_seed_recipe_matches_the_walkthrough():
     seed = get_recipe("seed")
     assert (seed.optimizer, seed.lr, seed.rho, seed.eps, seed.batch_size, seed.epochs) == (
-        "rmsprop", 1e-3, 0.9, 1e-7, 128, 20)
+        "rmsprop",
+        1e-3,
+        0.9,
+        1e-7,
+        128,
+        20,
+    )
     assert (seed.val_fraction, seed.checkpoint_metric) == (0.2, "val_loss")
     assert (seed.normalize_mean, seed.normalize_std) == (0.0, 1.0)
 
@@ -39,8 +55,9 @@ def test_random_shift_moves_ink_without_changing_it():
 
 def test_short_run_learns_and_writes_every_artefact(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    code = train_main(["--run-dir", str(run_dir), "--train-subset", "5000", "--epochs", "2",
-                       "--no-progress", "--seed", "3"])
+    code = train_main(
+        ["--run-dir", str(run_dir), "--train-subset", "5000", "--epochs", "2", "--no-progress", "--seed", "3"]
+    )
     assert code == 0
     for name in ARTEFACTS:
         assert (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0, name
@@ -59,7 +76,18 @@ def test_seed_makes_runs_reproducible(tmp_path):
     states = []
     for name in ("a", "b"):
         run_dir = tmp_path / name
-        train_main(["--run-dir", str(run_dir), "--train-subset", "1000", "--epochs", "1",
-                    "--no-progress", "--seed", "7"])
+        train_main(
+            [
+                "--run-dir",
+                str(run_dir),
+                "--train-subset",
+                "1000",
+                "--epochs",
+                "1",
+                "--no-progress",
+                "--seed",
+                "7",
+            ]
+        )
         states.append(torch.load(run_dir / "final.pt", weights_only=True))
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

@@ -63,10 +63,14 @@ def plot_confusion(run_dir: Path, matrix: np.ndarray) -> None:
     fig, ax = plt.subplots(figsize=(6, 5))
     ax.imshow(np.log1p(matrix), cmap="Blues")
     for (i, j), value in np.ndenumerate(matrix):
-        ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
-                color="white" if i == j else "black")
-    ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="true",
-           title=f"test confusion matrix (accuracy {np.trace(matrix) / matrix.sum():.4f})")
+        ax.text(j, i, str(value), ha="center", va="center", fontsize=7, color="white" if i == j else "black")
+    ax.set(
+        xticks=range(10),
+        yticks=range(10),
+        xlabel="predicted",
+        ylabel="true",
+        title=f"test confusion matrix (accuracy {np.trace(matrix) / matrix.sum():.4f})",
+    )
     fig.tight_layout()
     fig.savefig(run_dir / "confusion.png", dpi=100)
     plt.close(fig)

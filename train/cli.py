@@ -22,25 +22,34 @@ FINAL_CHECKPOINT = "final.pt"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="mnist-train", description=__doc__,
+        prog="mnist-train",
+        description=__doc__,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default="default",
-                        help="'seed' reproduces the Keras walk-through; 'default' is the better one")
+    parser.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default="default",
+        help="'seed' reproduces the Keras walk-through; 'default' is the better one",
+    )
     parser.add_argument("--epochs", type=int, help="override the recipe's epoch count")
     parser.add_argument("--batch-size", type=int, help="override the recipe's batch size")
     parser.add_argument("--lr", type=float, help="override the recipe's (peak) learning rate")
-    parser.add_argument("--checkpoint-metric", choices=["val_loss", "val_acc"],
-                        help="what 'best' means when selecting the checkpoint")
+    parser.add_argument(
+        "--checkpoint-metric",
+        choices=["val_loss", "val_acc"],
+        help="what 'best' means when selecting the checkpoint",
+    )
     parser.add_argument("--seed", type=int, default=0, help="makes runs reproducible")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--data-dir", type=Path,
-                        help="a directory of the four MNIST IDX files (else cache / download)")
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs"),
-                        help="where new run directories are created")
+    parser.add_argument(
+        "--data-dir", type=Path, help="a directory of the four MNIST IDX files (else cache / download)"
+    )
+    parser.add_argument(
+        "--runs-dir", type=Path, default=Path("runs"), help="where new run directories are created"
+    )
     parser.add_argument("--run-dir", type=Path, help="exact run directory to write")
-    parser.add_argument("--train-subset", type=int,
-                        help="use only the first N training images (smoke tests)")
+    parser.add_argument("--train-subset", type=int, help="use only the first N training images (smoke tests)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
@@ -61,8 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    recipe = get_recipe(args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                        checkpoint_metric=args.checkpoint_metric)
+    recipe = get_recipe(
+        args.recipe,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        checkpoint_metric=args.checkpoint_metric,
+    )
     try:
         data = load_mnist(args.data_dir)
     except DataError as exc:
@@ -70,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     x_train, y_train = data.x_train, data.y_train
     if args.train_subset:
-        x_train, y_train = x_train[:args.train_subset], y_train[:args.train_subset]
+        x_train, y_train = x_train[: args.train_subset], y_train[: args.train_subset]
     run_dir = args.run_dir or new_run_dir(args.runs_dir, recipe.name)
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"data: {data.source} (sha256 {data.sha256()[:16]}…), {len(x_train)} training images")
@@ -94,15 +108,24 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.save(result.best_state, run_dir / CHECKPOINT)
     torch.save(result.final_state, run_dir / FINAL_CHECKPOINT)
-    config = {"recipe": recipe.as_dict(), "seed": args.seed, "threads": torch.get_num_threads(),
-              "train_images": len(x_train), "data_source": data.source,
-              "data_sha256": data.sha256()}
+    config = {
+        "recipe": recipe.as_dict(),
+        "seed": args.seed,
+        "threads": torch.get_num_threads(),
+        "train_images": len(x_train),
+        "data_source": data.source,
+        "data_sha256": data.sha256(),
+    }
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     report = {
-        "best_epoch": result.best_epoch, "checkpoint_metric": recipe.checkpoint_metric,
-        "test_accuracy": best_acc, "test_loss": best_loss,
-        "final_epoch_test_accuracy": final_acc, "final_epoch_test_loss": final_loss,
-        "untrained_test_accuracy": untrained_acc, "train_seconds": result.train_seconds,
+        "best_epoch": result.best_epoch,
+        "checkpoint_metric": recipe.checkpoint_metric,
+        "test_accuracy": best_acc,
+        "test_loss": best_loss,
+        "final_epoch_test_accuracy": final_acc,
+        "final_epoch_test_loss": final_loss,
+        "untrained_test_accuracy": untrained_acc,
+        "train_seconds": result.train_seconds,
         "seconds_per_epoch": result.train_seconds / max(1, len(result.history)),
         "images_per_second": len(x_train) * len(result.history) / result.train_seconds,
     }
@@ -113,10 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     matrix = artifacts.confusion_matrix(data.y_test, predicted)
     artifacts.plot_confusion(run_dir, matrix)
 
-    print(f"trained {len(result.history)} epochs in {result.train_seconds:.1f} s "
-          f"({report['images_per_second']:.0f} images/s)")
-    print(f"selected epoch {result.best_epoch} (best {recipe.checkpoint_metric}): "
-          f"test accuracy {best_acc:.4f}")
+    print(
+        f"trained {len(result.history)} epochs in {result.train_seconds:.1f} s "
+        f"({report['images_per_second']:.0f} images/s)"
+    )
+    print(
+        f"selected epoch {result.best_epoch} (best {recipe.checkpoint_metric}): test accuracy {best_acc:.4f}"
+    )
     print(f"final epoch {len(result.history)}: test accuracy {final_acc:.4f}")
     print(f"run directory: {run_dir}")
     return 0

@@ -64,6 +64,11 @@ def summary(model: nn.Module) -> str:
     lines = [rule, "".join(c.ljust(w) for c, w in zip(rows[0], widths, strict=True)), rule]
     lines += ["".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows[1:]]
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    lines += [rule, f"Total params: {total:,}", f"Trainable params: {trainable:,}",
-              f"Non-trainable params: {total - trainable:,}", rule]
+    lines += [
+        rule,
+        f"Total params: {total:,}",
+        f"Trainable params: {trainable:,}",
+        f"Non-trainable params: {total - trainable:,}",
+        rule,
+    ]
     return "\n".join(lines)

@@ -35,15 +35,29 @@ class Recipe:
 RECIPES = {
     # The classic Keras walk-through: RMSprop, batch 128, 20 epochs, inputs in [0,1].
     "seed": Recipe(
-        name="seed", optimizer="rmsprop", lr=1e-3, epochs=20, batch_size=128,
-        val_fraction=0.2, checkpoint_metric="val_loss",
+        name="seed",
+        optimizer="rmsprop",
+        lr=1e-3,
+        epochs=20,
+        batch_size=128,
+        val_fraction=0.2,
+        checkpoint_metric="val_loss",
     ),
     # Same architecture, modern training: ≥ 99% in under a minute on two cores.
     "default": Recipe(
-        name="default", optimizer="adamw", lr=3e-3, epochs=24, batch_size=256,
-        val_fraction=0.1, checkpoint_metric="val_acc",
-        normalize_mean=NORMALIZE_MEAN, normalize_std=NORMALIZE_STD,
-        weight_decay=1e-2, label_smoothing=0.1, one_cycle=True, max_shift=2,
+        name="default",
+        optimizer="adamw",
+        lr=3e-3,
+        epochs=24,
+        batch_size=256,
+        val_fraction=0.1,
+        checkpoint_metric="val_acc",
+        normalize_mean=NORMALIZE_MEAN,
+        normalize_std=NORMALIZE_STD,
+        weight_decay=1e-2,
+        label_smoothing=0.1,
+        one_cycle=True,
+        max_shift=2,
     ),
 }
 

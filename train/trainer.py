@@ -51,7 +51,10 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
 
 
 def evaluate(
-    model: nn.Module, normalize: Normalize, images: torch.Tensor, labels: torch.Tensor,
+    model: nn.Module,
+    normalize: Normalize,
+    images: torch.Tensor,
+    labels: torch.Tensor,
     batch_size: int = 2048,
 ) -> tuple[float, float, np.ndarray]:
     """Mean cross-entropy, accuracy and predicted labels, in eval mode."""
@@ -59,8 +62,8 @@ def evaluate(
     total_loss, predictions = 0.0, []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            logits = model(normalize(images[start:start + batch_size]))
-            target = labels[start:start + batch_size]
+            logits = model(normalize(images[start : start + batch_size]))
+            target = labels[start : start + batch_size]
             total_loss += F.cross_entropy(logits, target, reduction="sum").item()
             predictions.append(logits.argmax(1))
     predicted = torch.cat(predictions)
@@ -78,7 +81,10 @@ def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 
 
 def fit(
-    recipe: Recipe, x_train: np.ndarray, y_train: np.ndarray, seed: int,
+    recipe: Recipe,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    seed: int,
     progress: bool = True,
 ) -> FitResult:
     """Train on the first (1 - val_fraction) of the training set, select on the rest."""
@@ -99,7 +105,8 @@ def fit(
         torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=recipe.lr, epochs=recipe.epochs, steps_per_epoch=steps_per_epoch
         )
-        if recipe.one_cycle else None
+        if recipe.one_cycle
+        else None
     )
     result = FitResult(best_state={}, final_state={}, best_epoch=0)
     best_score = None
@@ -109,10 +116,15 @@ def fit(
         model.train()
         order = torch.randperm(n_fit, generator=generator)
         seen, loss_sum, correct = 0, 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{recipe.epochs}",
-                   disable=not progress, leave=True, unit="batch")
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"epoch {epoch}/{recipe.epochs}",
+            disable=not progress,
+            leave=True,
+            unit="batch",
+        )
         for step in bar:
-            index = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
+            index = order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
             batch = random_shift(fit_x[index], recipe.max_shift, generator)
             target = fit_y[index]
             logits = model(normalize(batch))
@@ -129,14 +141,20 @@ def fit(
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
         val_loss, val_acc, _ = evaluate(model, normalize, val_x, val_y) if n_val else (0.0, 0.0, None)
         metrics = EpochMetrics(
-            epoch=epoch, train_loss=loss_sum / seen, train_acc=correct / seen,
-            val_loss=val_loss, val_acc=val_acc, lr=optimizer.param_groups[0]["lr"],
+            epoch=epoch,
+            train_loss=loss_sum / seen,
+            train_acc=correct / seen,
+            val_loss=val_loss,
+            val_acc=val_acc,
+            lr=optimizer.param_groups[0]["lr"],
             seconds=time.perf_counter() - epoch_start,
         )
         result.history.append(metrics)
         if progress:
-            tqdm.write(f"epoch {epoch}: train loss {metrics.train_loss:.4f} acc {metrics.train_acc:.4f}"
-                       f" | val loss {val_loss:.4f} acc {val_acc:.4f}")
+            tqdm.write(
+                f"epoch {epoch}: train loss {metrics.train_loss:.4f} acc {metrics.train_acc:.4f}"
+                f" | val loss {val_loss:.4f} acc {val_acc:.4f}"
+            )
         score = -val_loss if recipe.checkpoint_metric == "val_loss" else val_acc
         if best_score is None or score > best_score:
             best_score, result.best_epoch = score, epoch

@@ -1,0 +1,198 @@
+"""Assembles the server: models, servicers, health, reflection, metrics, signals, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from mnist_serving import __version__
+from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
+from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
+from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
+from mnist_serving.server.classifier_servicer import ClassifierServicer
+from mnist_serving.server.config import ServerConfig
+from mnist_serving.server.metrics import Metrics
+from mnist_serving.server.models import ModelStore
+from mnist_serving.server.runner import select_providers
+from mnist_serving.server.v2_servicer import InferenceServicer
+
+log = logging.getLogger("mnist_serving.server")
+
+SERVICE_NAMES = (
+    pb.DESCRIPTOR.services_by_name["Classifier"].full_name,
+    v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+)
+
+
+class MnistServer:
+    """One server process; ``run()`` serves until SIGTERM/SIGINT, then drains and returns."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.ready = False
+        self.health = health_aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self._stop = asyncio.Event()
+        self._signals = 0
+        self.store = ModelStore(
+            config.model_repository,
+            select_providers(config.device),
+            batcher_options={
+                "max_batch_size": config.max_batch_size,
+                "max_delay_s": config.max_batch_delay / 1e6,
+                "max_queue": config.max_queue,
+                "enabled": config.batching,
+            },
+            intra_op_threads=config.intra_op_threads,
+            pinned_version=config.model_version,
+        )
+
+    def _load(self) -> None:
+        store = self.store
+        store.load_all()
+        for model in store.all():
+            model.batcher._on_batch = self._batch_observer(model.name)
+            self.metrics.queue_depth.labels(model.name).set_function(lambda b=model.batcher: b.queue_depth)
+
+    def _batch_observer(self, name: str):  # noqa: ANN202
+        batch_size = self.metrics.batch_size.labels(name)
+        inference = self.metrics.inference.labels(name)
+        images = self.metrics.images.labels(name)
+
+        def observe(size: int, seconds: float) -> None:
+            batch_size.observe(size)
+            inference.observe(seconds)
+            images.inc(size)
+
+        return observe
+
+    async def start(self) -> None:
+        """Open the port (health NOT_SERVING), then load and warm up, then turn SERVING."""
+        await self.start_transport()
+        await self.load_models()
+
+    async def start_transport(self) -> None:
+        config = self.config
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        options = [
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self.server = grpc.aio.server(options=options)
+        pb_grpc.add_ClassifierServicer_to_server(
+            ClassifierServicer(self.store, self.metrics, config.max_request_images), self.server
+        )
+        v2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.store, self.metrics, config.max_request_images, lambda: self.ready),
+            self.server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (
+                *SERVICE_NAMES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self.server,
+        )
+        self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind {config.host}:{config.port}")
+        if config.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve_http(config.metrics_port)
+            print(f"serving metrics on {config.host}:{self.metrics_port}", flush=True)
+        await self.server.start()
+        # Machine-readable line for supervisors and tests (the port may have been 0).
+        print(f"serving gRPC on {config.host}:{self.port}", flush=True)
+
+    async def load_models(self) -> None:
+        config = self.config
+        # Off the event loop: health checks keep answering NOT_SERVING while this runs.
+        await asyncio.get_running_loop().run_in_executor(None, self._load)
+        self.store.start()
+        default = self.store.get("")
+        self.metrics.info.info(
+            {
+                "version": default.version_str,
+                "model": default.name,
+                "provider": default.runner.provider,
+                "server_version": __version__,
+            }
+        )
+        loaded = ", ".join(f"{m.name} v{m.version}" for m in self.store.all())
+        log.info(
+            "mnist-serving %s: models %s; provider %s; onnxruntime threads %s",
+            __version__,
+            loaded,
+            default.runner.provider,
+            config.intra_op_threads or "default",
+        )
+        log.info(
+            "batching %s: max batch %d images, max delay %d us, max queue %d requests",
+            "on" if config.batching else "off",
+            config.max_batch_size,
+            config.max_batch_delay,
+            config.max_queue,
+        )
+        self.ready = True
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("ready: health SERVING")
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second signal (%s): exiting at once", signal.Signals(signum).name)
+            os._exit(1)
+        log.info("%s: draining (grace %.1f s)", signal.Signals(signum).name, self.config.grace)
+        self._stop.set()
+
+    async def stop(self) -> None:
+        """Health NOT_SERVING at once, refuse new calls, answer accepted ones, then stop."""
+        self.ready = False
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(self.config.grace)
+        await self.store.close()
+        log.info("stopped")
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            await self.start()
+        except BaseException:
+            if self.server is not None:
+                await self.server.stop(0)
+            raise
+        await self._stop.wait()
+        await self.stop()
+
+
+def serve(config: ServerConfig) -> int:
+    """Run a server until signalled; returns the process exit code."""
+    try:
+        asyncio.run(MnistServer(config).run())
+    except Exception as exc:
+        from mnist_serving.server.errors import StartupError
+
+        if isinstance(exc, (StartupError, OSError)):
+            log.error("cannot start: %s", exc)
+            print(f"mnist-serve: {exc}", file=sys.stderr)
+            return 2
+        raise
+    return 0

@@ -1,0 +1,224 @@
+"""Dynamic batching: concurrent requests are coalesced into one onnxruntime run.
+
+Each request's images are cut into chunks of at most ``max_batch_size``; a single worker
+task gathers chunks until the batch is full or ``max_delay`` has passed since the first,
+runs the model in a one-thread executor (so the event loop keeps accepting work while it
+runs), then slices results back to each request's future. Cancelled or expired requests
+are dropped before inference; a full queue refuses new requests at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from mnist_serving.server.errors import DeadlineExpired, NotReady, Overloaded
+
+log = logging.getLogger(__name__)
+
+RunFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class BatchStats:
+    """Counters the metrics module and tests read."""
+
+    batches: int = 0
+    images: int = 0
+    dropped_expired: int = 0
+    dropped_cancelled: int = 0
+    refused_overload: int = 0
+    batch_sizes: collections.Counter = field(default_factory=collections.Counter)
+
+
+class _Request:
+    __slots__ = ("images", "future", "deadline", "results", "remaining", "enqueued")
+
+    def __init__(
+        self, images: np.ndarray, future: asyncio.Future, deadline: float | None, chunks: int
+    ) -> None:
+        self.images = images
+        self.future = future
+        self.deadline = deadline
+        self.results: list = [None] * chunks
+        self.remaining = chunks
+        self.enqueued = time.monotonic()
+
+    def dead(self, now: float) -> bool:
+        return self.future.done() or (self.deadline is not None and now >= self.deadline)
+
+
+class _Chunk:
+    __slots__ = ("request", "index", "images")
+
+    def __init__(self, request: _Request, index: int, images: np.ndarray) -> None:
+        self.request, self.index, self.images = request, index, images
+
+
+class DynamicBatcher:
+    """Coalesces requests up to ``max_batch_size`` images, waiting at most ``max_delay_s``."""
+
+    def __init__(
+        self,
+        run: RunFn,
+        max_batch_size: int = 256,
+        max_delay_s: float = 0.0,
+        max_queue: int = 1024,
+        enabled: bool = True,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self._run = run
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self.enabled = enabled
+        self._on_batch = on_batch
+        self._chunks: collections.deque[_Chunk] = collections.deque()
+        self._pending_requests = 0
+        self._wakeup = asyncio.Event()
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="onnxruntime")
+        self._task: asyncio.Task | None = None
+        self._closed = False
+        self.stats = BatchStats()
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests accepted and not yet answered."""
+        return self._pending_requests
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._worker(), name="batcher")
+
+    async def infer(self, images: np.ndarray, deadline: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Classify uint8 [N,28,28]; ``deadline`` is a time.monotonic() instant or None."""
+        if self._closed:
+            raise NotReady("server is shutting down; not accepting new requests")
+        if deadline is not None and time.monotonic() >= deadline:
+            self.stats.dropped_expired += 1
+            raise DeadlineExpired("deadline expired before the request was queued")
+        if self._pending_requests >= self.max_queue:
+            self.stats.refused_overload += 1
+            raise Overloaded(f"queue full ({self.max_queue} requests waiting); retry later")
+        if self._task is None or self._task.done():
+            self.start()
+        step = self.max_batch_size
+        chunks = max(1, -(-len(images) // step))
+        future = asyncio.get_running_loop().create_future()
+        request = _Request(images, future, deadline, chunks)
+        for index in range(chunks):
+            self._chunks.append(_Chunk(request, index, images[index * step : (index + 1) * step]))
+        self._pending_requests += 1
+        self._wakeup.set()
+        try:
+            return await future
+        finally:
+            self._pending_requests -= 1
+
+    def _take_batch(self) -> list[_Chunk]:
+        """Pop chunks (skipping dead requests) until the batch would overflow."""
+        batch: list[_Chunk] = []
+        size = 0
+        now = time.monotonic()
+        limit = self.max_batch_size if self.enabled else 1
+        while self._chunks:
+            chunk = self._chunks[0]
+            request = chunk.request
+            if request.dead(now):
+                self._chunks.popleft()
+                self._drop(request, now)
+                continue
+            if batch and (size + len(chunk.images) > self.max_batch_size or len(batch) >= limit):
+                break
+            self._chunks.popleft()
+            batch.append(chunk)
+            size += len(chunk.images)
+        return batch
+
+    def _drop(self, request: _Request, now: float) -> None:
+        if request.future.done():
+            if request.future.cancelled():
+                self.stats.dropped_cancelled += 1
+            return
+        self.stats.dropped_expired += 1
+        request.future.set_exception(DeadlineExpired("deadline expired while queued; not run"))
+
+    def _queued_images(self) -> int:
+        return sum(len(c.images) for c in self._chunks)
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not (self._closed and not self._chunks):
+            if not self._chunks:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self.enabled and self.max_delay_s > 0 and self._queued_images() < self.max_batch_size:
+                first = self._chunks[0].request.enqueued
+                wait = first + self.max_delay_s - time.monotonic()
+                if wait > 0:
+                    self._wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), wait)
+                    except TimeoutError:
+                        pass
+                    if (
+                        self._queued_images() < self.max_batch_size
+                        and time.monotonic() < first + self.max_delay_s
+                    ):
+                        continue
+            batch = self._take_batch()
+            if not batch:
+                continue
+            images = batch[0].images if len(batch) == 1 else np.concatenate([c.images for c in batch])
+            started = time.perf_counter()
+            try:
+                probabilities, labels = await loop.run_in_executor(self._executor, self._run, images)
+            except Exception as exc:  # a model failure fails every request in the batch
+                log.exception("inference failed for a batch of %d images", len(images))
+                for chunk in batch:
+                    if not chunk.request.future.done():
+                        chunk.request.future.set_exception(exc)
+                continue
+            elapsed = time.perf_counter() - started
+            self.stats.batches += 1
+            self.stats.images += len(images)
+            self.stats.batch_sizes[len(images)] += 1
+            if self._on_batch is not None:
+                self._on_batch(len(images), elapsed)
+            offset = 0
+            for chunk in batch:
+                n = len(chunk.images)
+                request = chunk.request
+                if not request.future.done():
+                    request.results[chunk.index] = (
+                        probabilities[offset : offset + n],
+                        labels[offset : offset + n],
+                    )
+                    request.remaining -= 1
+                    if request.remaining == 0:
+                        results = request.results
+                        if len(results) == 1:
+                            request.future.set_result(results[0])
+                        else:
+                            request.future.set_result(
+                                (
+                                    np.concatenate([r[0] for r in results]),
+                                    np.concatenate([r[1] for r in results]),
+                                )
+                            )
+                offset += n
+
+    async def close(self) -> None:
+        """Stop accepting work, finish everything already accepted, then stop the worker."""
+        self._closed = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,17 @@
+"""`mnist-serve`: the gRPC inference server."""
+
+from __future__ import annotations
+
+from mnist_serving.server import logs
+from mnist_serving.server.app import serve
+from mnist_serving.server.config import load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = load_config(argv)
+    logs.configure(config.log_level, config.log_format)
+    return serve(config)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

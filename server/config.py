@@ -1,0 +1,145 @@
+"""Server settings: every flag is also an ``MNIST_SERVING_*`` environment variable.
+
+Command-line flags win over the environment, which wins over the defaults, so a container
+can be configured entirely by environment and a person can still override one flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+ENV_PREFIX = "MNIST_SERVING_"
+
+
+@dataclass
+class ServerConfig:
+    model_repository: Path = Path("models")
+    """Triton-style repository: <root>/<model>/<version>/model.onnx."""
+    model_version: int | None = None
+    """Serve this version of 'mnist' instead of the newest."""
+    host: str = "[::]"
+    """Address to listen on ('[::]' = all interfaces, '127.0.0.1' = loopback only)."""
+    port: int = 50051
+    """gRPC port (0 picks a free port, printed at start-up)."""
+    metrics_port: int = 8000
+    """Prometheus /metrics HTTP port (0 picks a free port, -1 disables)."""
+    device: str = "auto"
+    """auto (CUDA if onnxruntime-gpu sees a GPU, else CPU), cpu or cuda (error if unavailable)."""
+    intra_op_threads: int = 0
+    """onnxruntime intra-op threads per model (0: onnxruntime's default, one per core)."""
+    max_batch_size: int = 256
+    """Most images in one onnxruntime run; bigger requests are split into runs of this size."""
+    max_batch_delay: int = 0
+    """Microseconds to wait for more requests before running a partial batch (0: never wait)."""
+    max_queue: int = 1024
+    """Most requests accepted and not yet answered; beyond it RESOURCE_EXHAUSTED."""
+    max_request_images: int = 65536
+    """Most images in one request (also sets the gRPC max message size)."""
+    batching: bool = True
+    """Coalesce concurrent requests into shared runs (false: one run per request chunk)."""
+    grace: float = 10.0
+    """Seconds to finish accepted requests after SIGTERM/SIGINT before exiting."""
+    log_level: str = "INFO"
+    """Logging level."""
+    log_format: str = "text"
+    """text or json."""
+
+    @property
+    def max_message_bytes(self) -> int:
+        """Largest message: the biggest allowed batch as FP32 pixels, plus framing headroom."""
+        return self.max_request_images * 784 * 4 + (1 << 20)
+
+
+def _env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got '{text}'")
+
+
+def _converter(name: str, default: object):  # noqa: ANN202
+    if name == "model_version":
+        return int
+    if isinstance(default, bool):
+        return _parse_bool
+    if isinstance(default, Path):
+        return Path
+    return type(default)
+
+
+def build_parser(prog: str = "mnist-serve") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Serve the MNIST classifier over gRPC (own API + KServe v2).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    docs = _field_docs()
+    defaults = ServerConfig()
+    for item in fields(ServerConfig):
+        default = getattr(defaults, item.name)
+        flag = "--" + item.name.replace("_", "-")
+        help_text = f"{docs.get(item.name, '')} [env {_env_name(item.name)}]"
+        kwargs: dict = {
+            "dest": item.name,
+            "help": help_text,
+            "default": default,
+            "type": _converter(item.name, default),
+        }
+        if item.name in ("device",):
+            kwargs["choices"] = ["auto", "cpu", "cuda"]
+        if item.name == "log_format":
+            kwargs["choices"] = ["text", "json"]
+        parser.add_argument(flag, **kwargs)
+    return parser
+
+
+def _field_docs() -> dict[str, str]:
+    """Each field's docstring (the string right after it in the class body)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(ServerConfig))
+    body = tree.body[0].body
+    docs = {}
+    for node, following in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+        ):
+            docs[node.target.id] = str(following.value.value)
+    return docs
+
+
+def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> ServerConfig:
+    """Defaults, then ``MNIST_SERVING_*`` variables, then flags."""
+    environ = os.environ if environ is None else environ
+    parser = build_parser()
+    defaults = ServerConfig()
+    env_defaults = {}
+    for item in fields(ServerConfig):
+        value = environ.get(_env_name(item.name))
+        if value is not None and value != "":
+            convert = _converter(item.name, getattr(defaults, item.name))
+            try:
+                env_defaults[item.name] = convert(value)
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                parser.error(f"{_env_name(item.name)}={value!r}: {exc}")
+    parser.set_defaults(**env_defaults)
+    args = parser.parse_args(argv)
+    config = ServerConfig(**{item.name: getattr(args, item.name) for item in fields(ServerConfig)})
+    for name in ("max_batch_size", "max_queue", "max_request_images"):
+        if getattr(config, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if config.max_batch_delay < 0:
+        parser.error("--max-batch-delay must be >= 0 microseconds")
+    return config

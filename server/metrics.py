@@ -1,0 +1,55 @@
+"""Prometheus metrics, on a registry of their own (so tests and several servers don't collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "mnist_serving_requests",
+            "RPCs answered, by API, method and gRPC status.",
+            ["api", "method", "code"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "mnist_serving_request_latency_seconds",
+            "RPC handling time.",
+            ["api", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "mnist_serving_inference_seconds",
+            "onnxruntime run time per batch.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "mnist_serving_batch_size",
+            "Images per onnxruntime run.",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.images = Counter(
+            "mnist_serving_images_classified", "Images run through the model.", ["model"], registry=r
+        )
+        self.queue_depth = Gauge(
+            "mnist_serving_queue_depth", "Requests accepted and not yet answered.", ["model"], registry=r
+        )
+        self.info = Info(
+            "mnist_serving_model", "The model version and execution provider serving.", registry=r
+        )
+
+    def serve_http(self, port: int, addr: str = "0.0.0.0") -> int:
+        """Expose /metrics; returns the bound port (useful with port 0)."""
+        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        return server.server_port

@@ -1,0 +1,76 @@
+"""onnxruntime sessions: provider selection, contract check at load, and the run itself."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from mnist_serving.contract import INPUT, OUTPUT_LABEL, OUTPUT_PROBABILITIES
+from mnist_serving.server.errors import StartupError
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+_ORT_TYPES = {
+    INPUT.name: "tensor(uint8)",
+    OUTPUT_PROBABILITIES.name: "tensor(float)",
+    OUTPUT_LABEL.name: "tensor(int64)",
+}
+
+
+def select_providers(device: str, available: list[str] | None = None) -> list[str]:
+    """``auto``: CUDA when onnxruntime-gpu sees a GPU, else CPU; ``cuda`` without one is an error."""
+    available = ort.get_available_providers() if available is None else available
+    if device == "cpu":
+        return [CPU]
+    if device == "cuda":
+        if CUDA not in available:
+            raise StartupError(
+                f"--device cuda: {CUDA} is not available (providers: {', '.join(available)}); "
+                "install onnxruntime-gpu and check the NVIDIA driver, or use --device auto|cpu"
+            )
+        return [CUDA, CPU]
+    if device == "auto":
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    raise StartupError(f"--device: '{device}'; expected auto, cpu or cuda")
+
+
+class OnnxRunner:
+    """One loaded model version; ``run`` is thread-safe and meant to be called off the event loop."""
+
+    def __init__(
+        self, path: Path, providers: list[str], intra_op_threads: int = 0, inter_op_threads: int = 0
+    ) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = inter_op_threads
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise StartupError(f"{path}: cannot load model ({type(exc).__name__}: {exc})") from None
+        self.path = path
+        self.providers = self.session.get_providers()
+        self._check_contract()
+        self._outputs = [OUTPUT_PROBABILITIES.name, OUTPUT_LABEL.name]
+
+    def _check_contract(self) -> None:
+        found = {t.name: t for t in [*self.session.get_inputs(), *self.session.get_outputs()]}
+        for name, onnx_type in _ORT_TYPES.items():
+            if name not in found:
+                raise StartupError(f"{self.path}: model has no tensor '{name}' (model contract)")
+            if found[name].type != onnx_type:
+                raise StartupError(f"{self.path}: '{name}' is {found[name].type}, contract says {onnx_type}")
+
+    @property
+    def provider(self) -> str:
+        return self.providers[0]
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 [N,28,28] → (float32 [N,10], int64 [N])."""
+        probabilities, labels = self.session.run(self._outputs, {INPUT.name: images})
+        return probabilities, labels

@@ -1,0 +1,225 @@
+"""Every bad input gets INVALID_ARGUMENT naming the field, and the server keeps serving."""
+
+import io
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
+from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
+from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
+from PIL import Image
+
+ZERO = bytes(784)
+
+
+def png(size=(40, 40), mode="L") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, 255).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def bomb() -> bytes:
+    """A tiny PNG that claims 30000x30000 pixels."""
+    buffer = io.BytesIO()
+    Image.new("1", (30000, 30000), 0).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def infer(
+    datatype="UINT8",
+    shape=(1, 28, 28),
+    raw=None,
+    name="image",
+    model="mnist",
+    version="",
+    outputs=(),
+    typed=None,
+    extra_inputs=0,
+):
+    request = v2.ModelInferRequest(model_name=model, model_version=version)
+    tensor = request.inputs.add(name=name, datatype=datatype, shape=list(shape))
+    if typed is not None:
+        getattr(tensor.contents, typed[0]).extend(typed[1])
+    for i in range(extra_inputs):
+        request.inputs.add(name=f"extra{i}", datatype="UINT8", shape=[1])
+    if raw is not None:
+        request.raw_input_contents.extend(raw)
+    for o in outputs:
+        request.outputs.add(name=o)
+    return request
+
+
+OWN_CASES = {
+    "raw too short": ("Classify", pb.ClassifyRequest(image=pb.Image(raw=bytes(100))), "image.raw"),
+    "raw too long": ("Classify", pb.ClassifyRequest(image=pb.Image(raw=bytes(785))), "image.raw"),
+    "no image data": ("Classify", pb.ClassifyRequest(image=pb.Image()), "image"),
+    "pixels wrong count": (
+        "Classify",
+        pb.ClassifyRequest(image=pb.Image(pixels=pb.FloatPixels(values=[0.5] * 10))),
+        "image.pixels.values",
+    ),
+    "pixels NaN": (
+        "Classify",
+        pb.ClassifyRequest(image=pb.Image(pixels=pb.FloatPixels(values=[float("nan")] * 784))),
+        "NaN",
+    ),
+    "pixels Inf": (
+        "Classify",
+        pb.ClassifyRequest(image=pb.Image(pixels=pb.FloatPixels(values=[float("inf")] * 784))),
+        "NaN or Inf",
+    ),
+    "pixels out of range": (
+        "Classify",
+        pb.ClassifyRequest(image=pb.Image(pixels=pb.FloatPixels(values=[1.5] * 784))),
+        "expected [0, 1]",
+    ),
+    "pixels negative": (
+        "Classify",
+        pb.ClassifyRequest(image=pb.Image(pixels=pb.FloatPixels(values=[-0.1] * 784))),
+        "expected [0, 1]",
+    ),
+    "undecodable image": (
+        "Classify",
+        pb.ClassifyRequest(image=pb.Image(encoded=b"not an image")),
+        "image.encoded",
+    ),
+    "truncated png": ("Classify", pb.ClassifyRequest(image=pb.Image(encoded=png()[:60])), "image.encoded"),
+    "empty encoded": ("Classify", pb.ClassifyRequest(image=pb.Image(encoded=b"")), "image"),
+    "decompression bomb": ("Classify", pb.ClassifyRequest(image=pb.Image(encoded=bomb())), "image.encoded"),
+    "absurd dimensions": (
+        "Classify",
+        pb.ClassifyRequest(image=pb.Image(encoded=png((9000, 1)))),
+        "at most 8192",
+    ),
+    "unknown model": (
+        "Classify",
+        pb.ClassifyRequest(image=pb.Image(raw=ZERO), model_name="resnet"),
+        "model_name",
+    ),
+    "path-like model": (
+        "Classify",
+        pb.ClassifyRequest(image=pb.Image(raw=ZERO), model_name="../../etc/passwd"),
+        "model_name",
+    ),
+    "unknown version": (
+        "Classify",
+        pb.ClassifyRequest(image=pb.Image(raw=ZERO), model_version="99"),
+        "model_version",
+    ),
+    "non-numeric version": (
+        "Classify",
+        pb.ClassifyRequest(image=pb.Image(raw=ZERO), model_version="../1"),
+        "model_version",
+    ),
+    "empty batch": ("ClassifyBatch", pb.ClassifyBatchRequest(), "empty batch"),
+    "raw batch wrong bytes": (
+        "ClassifyBatch",
+        pb.ClassifyBatchRequest(raw=pb.RawBatch(data=bytes(784 * 2 + 1), count=2)),
+        "raw.data",
+    ),
+    "raw batch count mismatch": (
+        "ClassifyBatch",
+        pb.ClassifyBatchRequest(raw=pb.RawBatch(data=bytes(784 * 2), count=3)),
+        "raw.data",
+    ),
+    "raw and images both": (
+        "ClassifyBatch",
+        pb.ClassifyBatchRequest(raw=pb.RawBatch(data=ZERO, count=1), images=[pb.Image(raw=ZERO)]),
+        "both set",
+    ),
+    "bad image in list": (
+        "ClassifyBatch",
+        pb.ClassifyBatchRequest(images=[pb.Image(raw=ZERO), pb.Image(raw=bytes(3))]),
+        "images[1].raw",
+    ),
+    "batch over the limit": (
+        "ClassifyBatch",
+        pb.ClassifyBatchRequest(raw=pb.RawBatch(data=b"", count=70000)),
+        "at most",
+    ),
+}
+
+V2_CASES = {
+    "no inputs": (v2.ModelInferRequest(model_name="mnist"), "inputs"),
+    "wrong input name": (infer(name="pixels", raw=[ZERO]), "inputs[0].name"),
+    "two inputs": (infer(raw=[ZERO, ZERO], extra_inputs=1), "exactly one input"),
+    "wrong dtype": (infer(datatype="INT32", raw=[bytes(784 * 4)]), "inputs[0].datatype"),
+    "wrong shape": (infer(shape=(1, 28, 27), raw=[bytes(756)]), "inputs[0].shape"),
+    "rank 4": (infer(shape=(1, 1, 28, 28), raw=[ZERO]), "inputs[0].shape"),
+    "negative batch": (infer(shape=(-1, 28, 28), raw=[ZERO]), "negative"),
+    "zero batch": (infer(shape=(0, 28, 28), raw=[b""]), "empty batch"),
+    "raw byte count": (infer(shape=(2, 28, 28), raw=[ZERO]), "raw_input_contents[0]"),
+    "fp32 byte count": (infer(datatype="FP32", shape=(1, 784), raw=[bytes(784)]), "raw_input_contents[0]"),
+    "fp32 NaN": (infer(datatype="FP32", shape=(1, 784), raw=[np.full(784, np.nan, "<f4").tobytes()]), "NaN"),
+    "fp32 out of range": (
+        infer(datatype="FP32", shape=(1, 784), raw=[np.full(784, 255.0, "<f4").tobytes()]),
+        "expected [0, 1]",
+    ),
+    "typed count": (infer(typed=("uint_contents", [0] * 10)), "uint_contents"),
+    "typed above 255": (infer(typed=("uint_contents", [300] * 784)), "above 255"),
+    "typed fp32 count": (infer(datatype="FP32", typed=("fp32_contents", [0.0] * 5)), "fp32_contents"),
+    "raw and typed": (infer(raw=[ZERO], typed=("uint_contents", [0] * 784)), "contents"),
+    "raw entries mismatch": (infer(raw=[ZERO, ZERO]), "raw_input_contents"),
+    "unknown output": (infer(raw=[ZERO], outputs=("logits",)), "outputs[0].name"),
+    "unknown model": (infer(raw=[ZERO], model="mnist-cnn"), "model_name"),
+    "unknown version": (infer(raw=[ZERO], version="7"), "model_version"),
+    "over the limit": (infer(shape=(70000, 28, 28), raw=[b""]), "at most"),
+}
+
+
+def _assert_healthy(channel):
+    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status
+    assert status == health_pb2.HealthCheckResponse.SERVING
+    response = pb_grpc.ClassifierStub(channel).Classify(pb.ClassifyRequest(image=pb.Image(raw=ZERO)))
+    assert 0 <= response.prediction.label <= 9
+
+
+@pytest.fixture(scope="module")
+def channel(server):
+    with grpc.insecure_channel(server.address) as ch:
+        yield ch
+
+
+@pytest.mark.parametrize("case", sorted(OWN_CASES))
+def test_own_api_bad_input(channel, case):
+    method, request, field = OWN_CASES[case]
+    with pytest.raises(grpc.RpcError) as info:
+        getattr(pb_grpc.ClassifierStub(channel), method)(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert field in info.value.details()
+    _assert_healthy(channel)
+
+
+@pytest.mark.parametrize("case", sorted(V2_CASES))
+def test_v2_bad_input(channel, case):
+    request, field = V2_CASES[case]
+    with pytest.raises(grpc.RpcError) as info:
+        v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert field in info.value.details()
+    _assert_healthy(channel)
+
+
+def test_bad_message_in_a_stream_ends_it_with_invalid_argument(channel):
+    requests = [
+        pb.ClassifyBatchRequest(raw=pb.RawBatch(data=ZERO, count=1)),
+        pb.ClassifyBatchRequest(raw=pb.RawBatch(data=bytes(5), count=1)),
+    ]
+    call = pb_grpc.ClassifierStub(channel).ClassifyStream(iter(requests), timeout=30)
+    with pytest.raises(grpc.RpcError) as info:
+        list(call)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    _assert_healthy(channel)
+
+
+def test_message_over_the_size_limit(channel):
+    huge = bytes(65536 * 784 * 4 + 2 * (1 << 20))
+    with pytest.raises(grpc.RpcError) as info:
+        pb_grpc.ClassifierStub(channel).ClassifyBatch(
+            pb.ClassifyBatchRequest(raw=pb.RawBatch(data=huge)), timeout=60
+        )
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    _assert_healthy(channel)

@@ -1,0 +1,194 @@
+"""DynamicBatcher in isolation: a model function whose runs the test releases by hand."""
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+from mnist_serving.server.batcher import DynamicBatcher
+from mnist_serving.server.errors import DeadlineExpired, NotReady, Overloaded
+
+
+class GatedModel:
+    """Records each run's batch; blocks each run until the test opens the gate."""
+
+    def __init__(self, gated: bool = True) -> None:
+        self.batches: list[np.ndarray] = []
+        self.gate = threading.Semaphore(0 if gated else 10**6)
+        self.started = threading.Event()
+
+    def __call__(self, images):
+        self.started.set()
+        self.gate.acquire()
+        self.batches.append(images.copy())
+        n = len(images)
+        probabilities = np.zeros((n, 10), np.float32)
+        labels = images[:, 0, 0].astype(np.int64)  # the "label" is the first pixel: easy to check
+        probabilities[np.arange(n), labels % 10] = 1
+        return probabilities, labels
+
+    def release(self, runs: int = 1) -> None:
+        for _ in range(runs):
+            self.gate.release()
+
+
+def images(values):
+    out = np.zeros((len(values), 28, 28), np.uint8)
+    out[:, 0, 0] = values
+    return out
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def wait_started(model: GatedModel) -> None:
+    await asyncio.get_running_loop().run_in_executor(None, model.started.wait)
+
+
+def test_concurrent_requests_share_one_run_and_get_their_own_rows():
+    async def go():
+        model = GatedModel()
+        batcher = DynamicBatcher(model, max_batch_size=64)
+        first = asyncio.ensure_future(batcher.infer(images([1])))
+        await wait_started(model)  # the first run is in progress; the rest queue behind it
+        rest = [asyncio.ensure_future(batcher.infer(images([i, i]))) for i in range(2, 12)]
+        await asyncio.sleep(0)
+        model.release(2)
+        results = await asyncio.gather(first, *rest)
+        await batcher.close()
+        return model, results
+
+    model, results = run(go())
+    assert [len(b) for b in model.batches] == [1, 20]
+    assert results[0][1].tolist() == [1]
+    for i, (_, labels) in zip(range(2, 12), results[1:], strict=True):
+        assert labels.tolist() == [i, i]
+
+
+def test_big_request_is_split_into_runs_and_reassembled():
+    async def go():
+        model = GatedModel(gated=False)
+        batcher = DynamicBatcher(model, max_batch_size=4)
+        _, labels = await batcher.infer(images(list(range(10))))
+        await batcher.close()
+        return model, labels
+
+    model, labels = run(go())
+    assert [len(b) for b in model.batches] == [4, 4, 2]
+    assert labels.tolist() == list(range(10))
+
+
+def test_batching_off_runs_each_request_alone():
+    async def go():
+        model = GatedModel()
+        batcher = DynamicBatcher(model, max_batch_size=64, enabled=False)
+        first = asyncio.ensure_future(batcher.infer(images([1])))
+        await wait_started(model)
+        rest = [asyncio.ensure_future(batcher.infer(images([i]))) for i in range(2, 6)]
+        await asyncio.sleep(0)
+        model.release(5)
+        await asyncio.gather(first, *rest)
+        await batcher.close()
+        return model
+
+    assert [len(b) for b in run(go()).batches] == [1, 1, 1, 1, 1]
+
+
+def test_full_queue_refuses_at_once():
+    async def go():
+        model = GatedModel()
+        batcher = DynamicBatcher(model, max_batch_size=8, max_queue=2)
+        a = asyncio.ensure_future(batcher.infer(images([1])))
+        await wait_started(model)
+        b = asyncio.ensure_future(batcher.infer(images([2])))
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded, match="queue full"):
+            await batcher.infer(images([3]))
+        model.release(2)
+        await asyncio.gather(a, b)
+        model.release(1)
+        _, labels = await batcher.infer(images([4]))  # service resumes once the queue drains
+        await batcher.close()
+        return batcher, labels
+
+    model_batcher, labels = run(go())
+    assert model_batcher.stats.refused_overload == 1 and labels.tolist() == [4]
+
+
+def test_expired_and_cancelled_requests_are_dropped_before_inference():
+    async def go():
+        model = GatedModel()
+        batcher = DynamicBatcher(model, max_batch_size=64)
+        first = asyncio.ensure_future(batcher.infer(images([1])))
+        await wait_started(model)
+        expiring = asyncio.ensure_future(batcher.infer(images([2]), deadline=time.monotonic() + 0.001))
+        cancelled = asyncio.ensure_future(batcher.infer(images([3])))
+        kept = asyncio.ensure_future(batcher.infer(images([4])))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        while time.monotonic() < batcher._chunks[0].request.deadline:  # let the deadline pass
+            await asyncio.sleep(0)
+        model.release(2)
+        await first
+        with pytest.raises(DeadlineExpired):
+            await expiring
+        _, labels = await kept
+        await batcher.close()
+        return model, batcher, labels
+
+    model, batcher, labels = run(go())
+    assert [b[:, 0, 0].tolist() for b in model.batches] == [[1], [4]]
+    assert batcher.stats.dropped_expired == 1 and batcher.stats.dropped_cancelled == 1
+    assert labels.tolist() == [4]
+
+
+def test_close_finishes_accepted_work_and_refuses_new():
+    async def go():
+        model = GatedModel()
+        batcher = DynamicBatcher(model, max_batch_size=64)
+        accepted = [asyncio.ensure_future(batcher.infer(images([i]))) for i in range(5)]
+        await wait_started(model)
+        closing = asyncio.ensure_future(batcher.close())
+        await asyncio.sleep(0)
+        with pytest.raises(NotReady):
+            await batcher.infer(images([9]))
+        model.release(5)
+        results = await asyncio.gather(*accepted)
+        await closing
+        return [r[1][0] for r in results]
+
+    assert run(go()) == [0, 1, 2, 3, 4]
+
+
+def test_model_error_fails_the_whole_batch_and_the_batcher_survives():
+    calls = []
+
+    def flaky(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return np.zeros((len(batch), 10), np.float32), np.zeros(len(batch), np.int64)
+
+    async def go():
+        batcher = DynamicBatcher(flaky, max_batch_size=8)
+        with pytest.raises(RuntimeError, match="boom"):
+            await batcher.infer(images([1]))
+        _, labels = await batcher.infer(images([2, 3]))
+        await batcher.close()
+        return labels
+
+    assert run(go()).tolist() == [0, 0]
+
+
+def test_max_delay_waits_for_more_requests():
+    async def go():
+        model = GatedModel(gated=False)
+        batcher = DynamicBatcher(model, max_batch_size=64, max_delay_s=0.2)
+        tasks = [asyncio.ensure_future(batcher.infer(images([i]))) for i in range(3)]
+        await asyncio.gather(*tasks)
+        await batcher.close()
+        return model
+
+    assert [len(b) for b in run(go()).batches] == [3]

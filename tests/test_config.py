@@ -1,0 +1,59 @@
+"""Settings precedence and device/provider selection."""
+
+from pathlib import Path
+
+import pytest
+from mnist_serving.server.config import ServerConfig, load_config
+from mnist_serving.server.errors import StartupError
+from mnist_serving.server.runner import CPU, CUDA, select_providers
+
+
+def test_defaults():
+    config = load_config([], environ={})
+    assert config == ServerConfig()
+    assert (config.port, config.model_repository, config.device) == (50051, Path("models"), "auto")
+
+
+def test_environment_then_flags():
+    env = {
+        "MNIST_SERVING_PORT": "6000",
+        "MNIST_SERVING_MAX_BATCH_SIZE": "32",
+        "MNIST_SERVING_BATCHING": "false",
+        "MNIST_SERVING_MODEL_VERSION": "3",
+    }
+    config = load_config([], environ=env)
+    assert (config.port, config.max_batch_size, config.batching, config.model_version) == (6000, 32, False, 3)
+    config = load_config(["--port", "7000", "--batching", "true"], environ=env)
+    assert (config.port, config.batching, config.max_batch_size) == (7000, True, 32)
+
+
+def test_every_flag_has_an_environment_variable_in_its_help():
+    from mnist_serving.server.config import build_parser
+
+    text = build_parser().format_help()
+    for name in ServerConfig.__dataclass_fields__:
+        assert f"MNIST_SERVING_{name.upper()}" in text
+
+
+@pytest.mark.parametrize(
+    "argv, env",
+    [(["--max-batch-size", "0"], {}), ([], {"MNIST_SERVING_PORT": "x"}), (["--device", "tpu"], {})],
+)
+def test_bad_settings_exit_with_usage_error(argv, env):
+    with pytest.raises(SystemExit) as info:
+        load_config(argv, environ=env)
+    assert info.value.code == 2
+
+
+def test_message_limit_covers_the_largest_batch():
+    config = ServerConfig(max_request_images=1000)
+    assert config.max_message_bytes >= 1000 * 784 * 4
+
+
+def test_provider_selection():
+    assert select_providers("cpu", [CUDA, CPU]) == [CPU]
+    assert select_providers("auto", [CPU]) == [CPU]
+    assert select_providers("auto", [CUDA, CPU]) == [CUDA, CPU]
+    assert select_providers("cuda", [CUDA, CPU]) == [CUDA, CPU]
+    with pytest.raises(StartupError, match="onnxruntime-gpu"):
+        select_providers("cuda", [CPU])

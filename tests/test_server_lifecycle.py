@@ -1,0 +1,130 @@
+"""Start-up, readiness, overload and shutdown of the real server."""
+
+import asyncio
+import shutil
+import signal
+import subprocess
+import sys
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
+from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
+from mnist_serving.server.app import MnistServer
+from mnist_serving.server.config import ServerConfig
+
+from tests.server_process import ServerProcess
+
+
+def _serve(args, timeout=120):
+    exe = shutil.which("mnist-serve", path=str(__import__("pathlib").Path(sys.executable).parent))
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_missing_repository_is_a_clear_error(tmp_path):
+    done = _serve(["--model-repository", str(tmp_path / "nothing"), "--port", "0", "--metrics-port", "-1"])
+    assert done.returncode == 2
+    assert "no such directory" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_corrupt_model_is_a_clear_error(tmp_path, model_repository):
+    repo = tmp_path / "models"
+    shutil.copytree(model_repository / "mnist", repo / "mnist")
+    (repo / "mnist" / "1" / "model.onnx").write_bytes(b"\x08\x07garbage")
+    done = _serve(["--model-repository", str(repo), "--port", "0", "--metrics-port", "-1"])
+    assert done.returncode == 2
+    assert "cannot load model" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cuda_without_gpu_is_a_clear_error(model_repository):
+    done = _serve(
+        [
+            "--model-repository",
+            str(model_repository),
+            "--device",
+            "cuda",
+            "--port",
+            "0",
+            "--metrics-port",
+            "-1",
+        ]
+    )
+    assert done.returncode == 2
+    assert "--device cuda" in done.stderr
+
+
+def test_health_is_not_serving_until_the_model_is_loaded(model_repository):
+    """In-process: the port is open and answering before the model is loaded."""
+
+    async def go():
+        server = MnistServer(
+            ServerConfig(model_repository=model_repository, host="127.0.0.1", port=0, metrics_port=-1)
+        )
+        await server.start_transport()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            before = (await health.Check(health_pb2.HealthCheckRequest())).status
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await pb_grpc.ClassifierStub(channel).Classify(
+                    pb.ClassifyRequest(image=pb.Image(raw=bytes(784)))
+                )
+            early = info.value.code()
+            await server.load_models()
+            after = (await health.Check(health_pb2.HealthCheckRequest())).status
+            await server.stop()
+        return before, early, after
+
+    before, early, after = asyncio.run(go())
+    assert before == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert early == grpc.StatusCode.UNAVAILABLE
+    assert after == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_overload_answers_resource_exhausted_then_recovers(model_repository, mnist, tmp_path):
+    server = ServerProcess(
+        model_repository, "--max-queue", "2", "--max-batch-size", "64", log_path=tmp_path / "log"
+    )
+    server.wait_serving()
+    try:
+
+        async def flood():
+            async with grpc.aio.insecure_channel(server.address) as channel:
+                stub = pb_grpc.ClassifierStub(channel)
+                request = pb.ClassifyBatchRequest(
+                    raw=pb.RawBatch(data=mnist.x_test[:2048].tobytes(), count=2048)
+                )
+                calls = [stub.ClassifyBatch(request, timeout=60) for _ in range(40)]
+                return await asyncio.gather(*calls, return_exceptions=True)
+
+        results = asyncio.run(flood())
+        codes = [r.code() if isinstance(r, grpc.aio.AioRpcError) else grpc.StatusCode.OK for r in results]
+        assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+        assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes and grpc.StatusCode.OK in codes
+        refused = next(r for r in results if isinstance(r, grpc.aio.AioRpcError))
+        assert "queue full" in refused.details()
+        with grpc.insecure_channel(server.address) as channel:  # full service once load drops
+            response = pb_grpc.ClassifierStub(channel).ClassifyBatch(
+                pb.ClassifyBatchRequest(raw=pb.RawBatch(data=mnist.x_test[:100].tobytes(), count=100))
+            )
+            assert response.count == 100
+    finally:
+        assert server.stop() == 0
+
+
+def test_sigterm_answers_accepted_requests_and_exits_zero(model_repository, mnist, tmp_path):
+    server = ServerProcess(model_repository, log_path=tmp_path / "log")
+    server.wait_serving()
+    big = mnist.x_train  # a long job: still running when SIGTERM arrives
+    with grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", 256 << 20)]) as ch:
+        call = pb_grpc.ClassifierStub(ch).ClassifyBatch.future(
+            pb.ClassifyBatchRequest(raw=pb.RawBatch(data=big.tobytes(), count=len(big))), timeout=120
+        )
+        while server.metric("mnist_serving_queue_depth", model="mnist") < 1:
+            assert not call.done()
+        server.process.send_signal(signal.SIGTERM)
+        assert call.result().count == len(big)
+    assert server.process.wait(timeout=60) == 0
+    server.stop()
+    log = (tmp_path / "log").read_text()
+    assert "SIGTERM: draining" in log and "stopped" in log
