@@ -57,3 +57,9 @@ def test_provider_selection():
     assert select_providers("cuda", [CUDA, CPU]) == [CUDA, CPU]
     with pytest.raises(StartupError, match="onnxruntime-gpu"):
         select_providers("cuda", [CPU])
+
+
+def test_operations_doc_explains_every_flag():
+    doc = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    for name in ServerConfig.__dataclass_fields__:
+        assert f"`--{name.replace('_', '-')}`" in doc, name
