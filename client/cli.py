@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import TextIO
 
 import numpy as np
+from tqdm import tqdm
+
 from mnist_serving.client.client import DEFAULT_SERVER, Client
 from mnist_serving.client.results import BatchResult, ClassifyError
 from mnist_serving.client.sources import Batch, InputError, expand, read_file
 from mnist_serving.idx import IdxError, read_idx
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
-from tqdm import tqdm
 
 
 def _connection_args(parser: argparse.ArgumentParser) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from mnist_serving.client.inputs import ImageLike, batch_requests, to_image
 from mnist_serving.client.results import BatchResult, ClassifyError, Prediction
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2

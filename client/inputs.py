@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 
 ImageLike = object  # str | Path | bytes | numpy array | PIL.Image.Image

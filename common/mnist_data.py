@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from mnist_serving.idx import IdxError, parse_idx
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+
 from mnist_serving import model_repository
 from mnist_serving.contract import (
     INT8_MODEL_NAME,

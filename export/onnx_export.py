@@ -8,6 +8,7 @@ import warnings
 
 import onnx
 import torch
+
 from mnist_serving.contract import INPUT, OPSET, OUTPUT_LABEL, OUTPUT_PROBABILITIES
 from mnist_serving.export.serving_model import ServingModel
 

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import onnxruntime as ort
 import torch
+
 from mnist_serving.contract import INPUT, OUTPUT_LABEL, OUTPUT_PROBABILITIES
 
 MAX_ABS_DIFF = 1e-5

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from mnist_serving.export.parity import cpu_session, run_onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
+
+from mnist_serving.export.parity import cpu_session, run_onnx
 
 MAX_ACCURACY_DROP = 0.003  # 0.3 points
 MIN_AGREEMENT = 0.998

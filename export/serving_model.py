@@ -7,8 +7,9 @@ from training.
 from __future__ import annotations
 
 import torch
-from mnist_serving.train.model import MnistMLP, Normalize
 from torch import nn
+
+from mnist_serving.train.model import MnistMLP, Normalize
 
 
 class ServingModel(nn.Module):

@@ -1,4 +1,4 @@
-"""Assembles the server: models, servicers, health, reflection, metrics, signals, shutdown."""
+"""Assembles the server: models, servicers, health, reflection, metrics, security, shutdown."""
 
 from __future__ import annotations
 
@@ -12,15 +12,19 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
+
 from mnist_serving import __version__
+from mnist_serving.contract import MODEL_NAME
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
+from mnist_serving.server import security
 from mnist_serving.server.classifier_servicer import ClassifierServicer
 from mnist_serving.server.config import ServerConfig
+from mnist_serving.server.errors import StartupError
 from mnist_serving.server.metrics import Metrics
-from mnist_serving.server.models import ModelStore
+from mnist_serving.server.models import LoadedModel, ModelStore
 from mnist_serving.server.runner import select_providers
 from mnist_serving.server.v2_servicer import InferenceServicer
 
@@ -45,6 +49,8 @@ class MnistServer:
         self.metrics_port: int | None = None
         self._stop = asyncio.Event()
         self._signals = 0
+        self._watcher: asyncio.Task | None = None
+        self._retiring: set[asyncio.Task] = set()
         self.store = ModelStore(
             config.model_repository,
             select_providers(config.device),
@@ -56,26 +62,44 @@ class MnistServer:
             },
             intra_op_threads=config.intra_op_threads,
             pinned_version=config.model_version,
+            on_load=self._on_load,
         )
+        self.store._on_install.append(self._on_install)
 
-    def _load(self) -> None:
-        store = self.store
-        store.load_all()
-        for model in store.all():
-            model.batcher._on_batch = self._batch_observer(model.name)
-            self.metrics.queue_depth.labels(model.name).set_function(lambda b=model.batcher: b.queue_depth)
+    # --- metrics wiring ----------------------------------------------------------------
 
-    def _batch_observer(self, name: str):  # noqa: ANN202
-        batch_size = self.metrics.batch_size.labels(name)
-        inference = self.metrics.inference.labels(name)
-        images = self.metrics.images.labels(name)
+    def _on_load(self, name: str, version: int, ok: bool, reason: str) -> None:
+        self.metrics.model_loads.labels(name, str(version), "ok" if ok else "failed").inc()
 
-        def observe(size: int, seconds: float) -> None:
+    def _on_install(self, model: LoadedModel) -> None:
+        batch_size = self.metrics.batch_size.labels(model.name)
+        inference = self.metrics.inference.labels(model.name)
+        images = self.metrics.images.labels(model.name)
+        queue_wait = self.metrics.queue_wait.labels(model.name)
+
+        def observe(size: int, seconds: float, waits: list[float]) -> None:
             batch_size.observe(size)
             inference.observe(seconds)
             images.inc(size)
+            for wait in waits:
+                queue_wait.observe(wait)
 
-        return observe
+        model.batcher._on_batch = observe
+        store = self.store
+        self.metrics.queue_depth.labels(model.name).set_function(
+            lambda name=model.name: sum(m.batcher.queue_depth for m in store.models.get(name, {}).values())
+        )
+        if model.name == MODEL_NAME:
+            self.metrics.info.info(
+                {
+                    "version": model.version_str,
+                    "model": model.name,
+                    "provider": model.runner.provider,
+                    "server_version": __version__,
+                }
+            )
+
+    # --- start-up ----------------------------------------------------------------------
 
     async def start(self) -> None:
         """Open the port (health NOT_SERVING), then load and warm up, then turn SERVING."""
@@ -91,7 +115,16 @@ class MnistServer:
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        self.server = grpc.aio.server(options=options)
+        interceptors = []
+        tokens = security.load_tokens(config)
+        if tokens:
+            interceptors.append(
+                security.TokenAuthInterceptor(
+                    tokens, on_denied=lambda method: self.metrics.auth_failures.labels(method).inc()
+                )
+            )
+        credentials = security.server_credentials(config)
+        self.server = grpc.aio.server(options=options, interceptors=interceptors)
         pb_grpc.add_ClassifierServicer_to_server(
             ClassifierServicer(self.store, self.metrics, config.max_request_images), self.server
         )
@@ -108,35 +141,39 @@ class MnistServer:
             ),
             self.server,
         )
-        self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
+        address = f"{config.host}:{config.port}"
+        self.port = (
+            self.server.add_secure_port(address, credentials)
+            if credentials
+            else self.server.add_insecure_port(address)
+        )
         if self.port == 0:
-            raise OSError(f"cannot bind {config.host}:{config.port}")
+            raise OSError(f"cannot bind {address}")
         if config.metrics_port >= 0:
             self.metrics_port = self.metrics.serve_http(config.metrics_port)
             print(f"serving metrics on {config.host}:{self.metrics_port}", flush=True)
         await self.server.start()
+        security_mode = ("mutual TLS" if config.tls_client_ca else "TLS") if credentials else "plaintext"
+        log.info(
+            "mnist-serving %s listening on %s:%d (%s%s)",
+            __version__,
+            config.host,
+            self.port,
+            security_mode,
+            ", bearer tokens required" if tokens else "",
+        )
         # Machine-readable line for supervisors and tests (the port may have been 0).
         print(f"serving gRPC on {config.host}:{self.port}", flush=True)
 
     async def load_models(self) -> None:
         config = self.config
+        loop = asyncio.get_running_loop()
         # Off the event loop: health checks keep answering NOT_SERVING while this runs.
-        await asyncio.get_running_loop().run_in_executor(None, self._load)
-        self.store.start()
+        for model in await loop.run_in_executor(None, self.store.load_initial):
+            self.store.install(model)
         default = self.store.get("")
-        self.metrics.info.info(
-            {
-                "version": default.version_str,
-                "model": default.name,
-                "provider": default.runner.provider,
-                "server_version": __version__,
-            }
-        )
-        loaded = ", ".join(f"{m.name} v{m.version}" for m in self.store.all())
         log.info(
-            "mnist-serving %s: models %s; provider %s; onnxruntime threads %s",
-            __version__,
-            loaded,
+            "provider %s; onnxruntime threads %s",
             default.runner.provider,
             config.intra_op_threads or "default",
         )
@@ -151,6 +188,34 @@ class MnistServer:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("ready: health SERVING")
+        if config.poll_interval > 0:
+            self._watcher = loop.create_task(self._watch(), name="model-watcher")
+
+    # --- hot reload ----------------------------------------------------------------------
+
+    async def poll_once(self) -> None:
+        """Load whatever new version the repository holds and swap it in."""
+        loop = asyncio.get_running_loop()
+        for name, version in await loop.run_in_executor(None, self.store.pending):
+            model = await loop.run_in_executor(None, self.store.try_build, name, version)
+            if model is None:
+                continue
+            previous = self.store.install(model)
+            if previous is not None:
+                # Requests already queued on the old version finish there; then it is dropped.
+                task = loop.create_task(previous.batcher.close())
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.poll_interval)
+            try:
+                await self.poll_once()
+            except Exception:
+                log.exception("model repository scan failed; current models keep serving")
+
+    # --- shutdown ------------------------------------------------------------------------
 
     def _on_signal(self, signum: int) -> None:
         self._signals += 1
@@ -163,10 +228,14 @@ class MnistServer:
     async def stop(self) -> None:
         """Health NOT_SERVING at once, refuse new calls, answer accepted ones, then stop."""
         self.ready = False
+        if self._watcher is not None:
+            self._watcher.cancel()
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
             await self.server.stop(self.config.grace)
         await self.store.close()
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
         log.info("stopped")
 
     async def run(self) -> None:
@@ -187,12 +256,8 @@ def serve(config: ServerConfig) -> int:
     """Run a server until signalled; returns the process exit code."""
     try:
         asyncio.run(MnistServer(config).run())
-    except Exception as exc:
-        from mnist_serving.server.errors import StartupError
-
-        if isinstance(exc, (StartupError, OSError)):
-            log.error("cannot start: %s", exc)
-            print(f"mnist-serve: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except (StartupError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        print(f"mnist-serve: {exc}", file=sys.stderr)
+        return 2
     return 0

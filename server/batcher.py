@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from mnist_serving.server.errors import DeadlineExpired, NotReady, Overloaded
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class DynamicBatcher:
         max_delay_s: float = 0.0,
         max_queue: int = 1024,
         enabled: bool = True,
-        on_batch: Callable[[int, float], None] | None = None,
+        on_batch: Callable[[int, float, list[float]], None] | None = None,
     ) -> None:
         self._run = run
         self.max_batch_size = max_batch_size
@@ -177,6 +178,8 @@ class DynamicBatcher:
             if not batch:
                 continue
             images = batch[0].images if len(batch) == 1 else np.concatenate([c.images for c in batch])
+            now = time.monotonic()
+            waits = [now - c.request.enqueued for c in batch if c.index == 0]
             started = time.perf_counter()
             try:
                 probabilities, labels = await loop.run_in_executor(self._executor, self._run, images)
@@ -191,7 +194,7 @@ class DynamicBatcher:
             self.stats.images += len(images)
             self.stats.batch_sizes[len(images)] += 1
             if self._on_batch is not None:
-                self._on_batch(len(images), elapsed)
+                self._on_batch(len(images), elapsed, waits)
             offset = 0
             for chunk in batch:
                 n = len(chunk.images)

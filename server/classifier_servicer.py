@@ -9,13 +9,14 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
 from mnist_serving.server import codec
 from mnist_serving.server.errors import ServingError
 from mnist_serving.server.metrics import Metrics
 from mnist_serving.server.models import ModelStore
-from mnist_serving.server.rpc import deadline_of, unary
+from mnist_serving.server.rpc import deadline_of, failure, request_id, unary
 
 log = logging.getLogger(__name__)
 API = "mnist.v1"
@@ -62,6 +63,7 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
     ) -> AsyncIterator[pb.ClassifyBatchResponse]:
         """Answers in order, with at most STREAM_WINDOW messages being classified at once."""
         started = time.perf_counter()
+        rid = request_id(context)
         code = "OK"
         pending: collections.deque[asyncio.Task] = collections.deque()
         deadline = deadline_of(context)
@@ -74,15 +76,15 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
                 yield await pending.popleft()
         except ServingError as exc:
             code = exc.code.name
-            log.info("%s/ClassifyStream failed: %s %s", API, code, exc)
+            failure(API, "ClassifyStream", rid, exc, code)
             await context.abort(exc.code, str(exc))
         except (asyncio.CancelledError, grpc.aio.AbortError):
             code = "CANCELLED"
             raise
-        except Exception:
+        except Exception as exc:
             code = "INTERNAL"
-            log.exception("%s/ClassifyStream: internal error", API)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+            failure(API, "ClassifyStream", rid, exc, code)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {rid})")
         finally:
             for task in pending:
                 task.cancel()

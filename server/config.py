@@ -40,6 +40,18 @@ class ServerConfig:
     """Most images in one request (also sets the gRPC max message size)."""
     batching: bool = True
     """Coalesce concurrent requests into shared runs (false: one run per request chunk)."""
+    poll_interval: float = 5.0
+    """Seconds between model-repository scans for new versions (0 disables hot reload)."""
+    tls_cert: Path | None = None
+    """Server certificate chain (PEM); with --tls-key, serve TLS instead of plaintext."""
+    tls_key: Path | None = None
+    """Server private key (PEM)."""
+    tls_client_ca: Path | None = None
+    """CA bundle (PEM) for mutual TLS: clients without a certificate it signed are refused."""
+    auth_token: str | None = None
+    """Bearer token required in `authorization: Bearer <token>` metadata (health stays open)."""
+    auth_token_file: Path | None = None
+    """File of accepted bearer tokens, one per line (combined with --auth-token)."""
     grace: float = 10.0
     """Seconds to finish accepted requests after SIGTERM/SIGINT before exiting."""
     log_level: str = "INFO"
@@ -66,9 +78,19 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got '{text}'")
 
 
+_OPTIONAL_TYPES = {
+    "model_version": int,
+    "tls_cert": Path,
+    "tls_key": Path,
+    "tls_client_ca": Path,
+    "auth_token": str,
+    "auth_token_file": Path,
+}
+
+
 def _converter(name: str, default: object):  # noqa: ANN202
-    if name == "model_version":
-        return int
+    if name in _OPTIONAL_TYPES:
+        return _OPTIONAL_TYPES[name]
     if isinstance(default, bool):
         return _parse_bool
     if isinstance(default, Path):
@@ -142,4 +164,26 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if config.max_batch_delay < 0:
         parser.error("--max-batch-delay must be >= 0 microseconds")
+    if (config.tls_cert is None) != (config.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if config.tls_client_ca is not None and config.tls_cert is None:
+        parser.error("--tls-client-ca needs --tls-cert and --tls-key")
     return config
+
+
+def flags_markdown() -> str:
+    """The flags table of docs/operations.md (regenerate with `python -m mnist_serving.server.config`)."""
+    docs = _field_docs()
+    defaults = ServerConfig()
+    rows = ["| flag | environment variable | default | meaning |", "|---|---|---|---|"]
+    for item in fields(ServerConfig):
+        default = getattr(defaults, item.name)
+        shown = "—" if default is None else f"`{default}`"
+        rows.append(
+            f"| `--{item.name.replace('_', '-')}` | `{_env_name(item.name)}` | {shown} | {docs[item.name]} |"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(flags_markdown())

@@ -45,6 +45,22 @@ class Metrics:
         self.queue_depth = Gauge(
             "mnist_serving_queue_depth", "Requests accepted and not yet answered.", ["model"], registry=r
         )
+        self.queue_wait = Histogram(
+            "mnist_serving_queue_wait_seconds",
+            "Time from acceptance to the start of the request's run.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_loads = Counter(
+            "mnist_serving_model_loads",
+            "Model version loads, by result (ok/failed).",
+            ["model", "version", "result"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "mnist_serving_auth_failures", "Calls refused UNAUTHENTICATED.", ["method"], registry=r
+        )
         self.info = Info(
             "mnist_serving_model", "The model version and execution provider serving.", registry=r
         )

@@ -1,23 +1,30 @@
-"""Which model versions are loaded, and finding one for a request.
+"""Which model versions are loaded, and how new versions are brought in.
 
 A request's model name and version are matched against what is loaded (a dict lookup),
-never joined into a filesystem path.
+never joined into a filesystem path. New versions are built off the event loop (load,
+warm-up, self-check) and installed on it in one step, so a request sees either the old
+version or the new one, and requests already queued finish on the version that took them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from mnist_serving import model_repository
-from mnist_serving.contract import INPUT, MODEL_FILENAME, MODEL_NAME, OUTPUTS
+from mnist_serving.contract import INPUT, MODEL_FILENAME, MODEL_NAME, NUM_CLASSES, OUTPUTS
 from mnist_serving.server.batcher import DynamicBatcher
 from mnist_serving.server.errors import ModelNotFound, NotReady, StartupError
 from mnist_serving.server.runner import OnnxRunner
 
 log = logging.getLogger(__name__)
+
+LoadObserver = Callable[[str, int, bool, str], None]
 
 
 @dataclass
@@ -36,19 +43,45 @@ class LoadedModel:
         """Run each batch-size class once so the first real request is not slow."""
         sizes = sorted({1, 8, min(64, self.batcher.max_batch_size), self.batcher.max_batch_size})
         for size in sizes:
-            probabilities, labels = self.runner.run(np.zeros((size, 28, 28), dtype=np.uint8))
-            if probabilities.shape != (size, 10) or labels.shape != (size,):
-                raise StartupError(f"{self.name} v{self.version}: warm-up outputs have wrong shapes")
-            if not np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-3):
-                raise StartupError(f"{self.name} v{self.version}: probabilities do not sum to 1")
+            self.runner.run(np.zeros((size, 28, 28), dtype=np.uint8))
+
+    def self_check(self) -> None:
+        """Outputs on a handful of known inputs must be well-formed probabilities and labels."""
+        rng = np.random.default_rng(0)
+        probes = np.concatenate(
+            [
+                np.zeros((1, 28, 28), np.uint8),
+                np.full((1, 28, 28), 255, np.uint8),
+                rng.integers(0, 256, (6, 28, 28), dtype=np.uint8),
+            ]
+        )
+        probabilities, labels = self.runner.run(probes)
+        where = f"{self.name} v{self.version}: self-check"
+        if probabilities.shape != (len(probes), NUM_CLASSES) or labels.shape != (len(probes),):
+            raise StartupError(f"{where}: output shapes {probabilities.shape}, {labels.shape}")
+        if not np.isfinite(probabilities).all() or not np.allclose(probabilities.sum(1), 1, atol=1e-3):
+            raise StartupError(f"{where}: probabilities are not finite or do not sum to 1")
+        if not np.array_equal(labels, probabilities.argmax(1)):
+            raise StartupError(f"{where}: labels are not the argmax of the probabilities")
 
 
 def describe_tensors() -> tuple[list[dict], list[dict]]:
     return [INPUT.as_dict()], [spec.as_dict() for spec in OUTPUTS]
 
 
+def _check_sidecar(directory: Path, sidecar: dict, model_bytes: bytes) -> None:
+    """The exporter's own verdicts must say this version passed, for these exact bytes."""
+    if not sidecar.get("parity", {}).get("passed"):
+        raise StartupError(f"{directory}: sidecar does not record a passed parity check")
+    if "quantization" in sidecar and not sidecar["quantization"].get("passed"):
+        raise StartupError(f"{directory}: sidecar does not record a passed quantisation check")
+    expected = sidecar.get("model_sha256")
+    if expected and hashlib.sha256(model_bytes).hexdigest() != expected:
+        raise StartupError(f"{directory}: {MODEL_FILENAME} does not match the sidecar's SHA-256")
+
+
 class ModelStore:
-    """Models loaded from a Triton-style repository (each model's newest or pinned version)."""
+    """Models from a Triton-style repository: each model's newest (or pinned) version."""
 
     def __init__(
         self,
@@ -57,71 +90,143 @@ class ModelStore:
         batcher_options: dict,
         intra_op_threads: int = 0,
         pinned_version: int | None = None,
+        on_load: LoadObserver | None = None,
     ) -> None:
         self.repository = Path(repository)
         self.providers = providers
         self.batcher_options = batcher_options
         self.intra_op_threads = intra_op_threads
         self.pinned_version = pinned_version
+        self.on_load = on_load
         self.models: dict[str, dict[int, LoadedModel]] = {}
         self.default: dict[str, int] = {}
+        self._refused: dict[tuple[str, int], tuple] = {}
+        self._on_install: list[Callable[[LoadedModel], None]] = []
 
-    def load_all(self) -> None:
-        """Load the default model (required) and any other model found, e.g. the int8 variant."""
+    # --- building (runs in a worker thread) ---------------------------------------------
+
+    def _signature(self, name: str, version: int) -> tuple:
+        directory = model_repository.version_dir(self.repository, name, version)
+        try:
+            return tuple(
+                (p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(directory.iterdir())
+            )
+        except OSError:
+            return ()
+
+    def build(self, name: str, version: int) -> LoadedModel:
+        """Load, warm up and self-check one version; raises StartupError with the reason."""
+        directory = model_repository.version_dir(self.repository, name, version)
+        path = directory / MODEL_FILENAME
+        try:
+            model_bytes = path.read_bytes()
+            sidecar = model_repository.read_sidecar(directory)
+        except FileNotFoundError as exc:
+            raise StartupError(f"{directory}: missing {Path(exc.filename).name}") from None
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"{directory}: unreadable ({exc})") from None
+        _check_sidecar(directory, sidecar, model_bytes)
+        runner = OnnxRunner(path, self.providers, self.intra_op_threads)
+        batcher = DynamicBatcher(runner.run, **self.batcher_options)
+        model = LoadedModel(name, version, runner, batcher, sidecar)
+        model.warm_up()
+        model.self_check()
+        return model
+
+    def wanted(self) -> dict[str, int]:
+        """For each model in the repository, the version that should be serving."""
+        if not self.repository.is_dir():
+            return {}
+        wanted = {}
+        for entry in sorted(self.repository.iterdir()):
+            versions = model_repository.list_versions(self.repository, entry.name) if entry.is_dir() else []
+            if not versions:
+                continue
+            if entry.name == MODEL_NAME and self.pinned_version is not None:
+                if self.pinned_version in versions:
+                    wanted[entry.name] = self.pinned_version
+            else:
+                wanted[entry.name] = versions[-1]
+        return wanted
+
+    def pending(self) -> list[tuple[str, int]]:
+        """Versions that should be loaded and are not (skipping refused, unchanged ones)."""
+        todo = []
+        for name, version in self.wanted().items():
+            if self.default.get(name) == version:
+                continue
+            refused = self._refused.get((name, version))
+            if refused is not None and refused == self._signature(name, version):
+                continue
+            todo.append((name, version))
+        return todo
+
+    def try_build(self, name: str, version: int) -> LoadedModel | None:
+        try:
+            model = self.build(name, version)
+        except StartupError as exc:
+            self._refused[(name, version)] = self._signature(name, version)
+            log.error("refused model %s version %d: %s", name, version, exc)
+            if self.on_load:
+                self.on_load(name, version, False, str(exc))
+            return None
+        self._refused.pop((name, version), None)
+        return model
+
+    # --- installing (on the event loop) ------------------------------------------------
+
+    def install(self, model: LoadedModel) -> LoadedModel | None:
+        """Make ``model`` the served version of its name; returns the version it replaced."""
+        model.batcher.start()
+        versions = self.models.setdefault(model.name, {})
+        previous = versions.get(self.default.get(model.name, -1))
+        versions[model.version] = model
+        self.default[model.name] = model.version
+        log.info(
+            "serving model %s version %d (provider %s)%s",
+            model.name,
+            model.version,
+            model.runner.provider,
+            f", replacing version {previous.version}" if previous else "",
+        )
+        if self.on_load:
+            self.on_load(model.name, model.version, True, "")
+        for callback in self._on_install:
+            callback(model)
+        if previous is not None and previous.version != model.version:
+            del versions[previous.version]
+            return previous
+        return None
+
+    def load_initial(self) -> list[LoadedModel]:
+        """Start-up: build every wanted model (in the caller's thread); 'mnist' is required."""
         if not self.repository.is_dir():
             raise StartupError(
                 f"--model-repository {self.repository}: no such directory; "
                 "run mnist-train and mnist-export first (or `make run`)"
             )
-        names = sorted(
-            p.name
-            for p in self.repository.iterdir()
-            if p.is_dir() and model_repository.list_versions(self.repository, p.name)
-        )
-        if MODEL_NAME not in names:
+        wanted = self.wanted()
+        if MODEL_NAME not in wanted:
+            versions = model_repository.list_versions(self.repository, MODEL_NAME)
+            if self.pinned_version is not None and versions:
+                raise StartupError(
+                    f"--model-version {self.pinned_version}: {MODEL_NAME} has versions {versions}"
+                )
             raise StartupError(
-                f"--model-repository {self.repository}: no published '{MODEL_NAME}' "
-                f"model (expected {self.repository}/{MODEL_NAME}/<version>/{MODEL_FILENAME})"
+                f"--model-repository {self.repository}: no published '{MODEL_NAME}' model "
+                f"(expected {self.repository}/{MODEL_NAME}/<version>/{MODEL_FILENAME})"
             )
-        for name in names:
-            versions = model_repository.list_versions(self.repository, name)
-            if self.pinned_version is not None and name == MODEL_NAME:
-                if self.pinned_version not in versions:
-                    raise StartupError(
-                        f"--model-version {self.pinned_version}: {name} has versions {versions}"
-                    )
-                version = self.pinned_version
+        built = []
+        for name, version in wanted.items():
+            if name == MODEL_NAME:
+                built.append(self.build(name, version))  # required: errors stop the start-up
             else:
-                version = versions[-1]
-            try:
-                self._load(name, version)
-            except StartupError:
-                if name == MODEL_NAME:
-                    raise
-                log.exception("skipping model %s version %d", name, version)
+                model = self.try_build(name, version)
+                if model is not None:
+                    built.append(model)
+        return built
 
-    def _load(self, name: str, version: int) -> LoadedModel:
-        directory = model_repository.version_dir(self.repository, name, version)
-        path = directory / MODEL_FILENAME
-        if not path.is_file():
-            raise StartupError(f"{path}: missing")
-        try:
-            sidecar = model_repository.read_sidecar(directory)
-        except (OSError, ValueError) as exc:
-            raise StartupError(f"{directory}: unreadable sidecar ({exc})") from None
-        runner = OnnxRunner(path, self.providers, self.intra_op_threads)
-        batcher = DynamicBatcher(runner.run, **self.batcher_options)
-        model = LoadedModel(name, version, runner, batcher, sidecar)
-        model.warm_up()
-        self.models.setdefault(name, {})[version] = model
-        self.default[name] = version
-        log.info("loaded model %s version %d from %s (provider %s)", name, version, path, runner.provider)
-        return model
-
-    def start(self) -> None:
-        for versions in self.models.values():
-            for model in versions.values():
-                model.batcher.start()
+    # --- lookup ------------------------------------------------------------------------
 
     def get(self, name: str, version: str = "") -> LoadedModel:
         """The loaded model for a request's name and version ('' = the served default)."""

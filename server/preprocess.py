@@ -10,8 +10,9 @@ import io
 import warnings
 
 import numpy as np
-from mnist_serving.server.errors import InvalidInput
 from PIL import Image, UnidentifiedImageError
+
+from mnist_serving.server.errors import InvalidInput
 
 MAX_ENCODED_BYTES = 8 * 1024 * 1024
 MAX_PIXELS = 16 * 1024 * 1024  # per image, checked before decoding

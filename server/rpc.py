@@ -1,17 +1,23 @@
-"""One place that turns exceptions into gRPC statuses and records per-RPC metrics."""
+"""One place that turns exceptions into gRPC statuses, tags calls with request ids, and
+records per-RPC metrics."""
 
 from __future__ import annotations
 
 import functools
 import logging
 import time
+import uuid
 from collections.abc import Callable
 
 import grpc
+
 from mnist_serving.server.errors import ServingError
 from mnist_serving.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+REQUEST_ID = "x-request-id"
+MAX_REQUEST_ID = 128
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
@@ -20,7 +26,30 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-def unary(api: str, metrics_attr: str = "metrics") -> Callable:
+def request_id(context: grpc.aio.ServicerContext) -> str:
+    """The caller's ``x-request-id`` (printable, truncated) or a new one; echoed in trailers."""
+    value = ""
+    for key, item in context.invocation_metadata() or ():
+        if key == REQUEST_ID:
+            value = item if isinstance(item, str) else item.decode(errors="replace")
+            break
+    value = "".join(ch for ch in value[:MAX_REQUEST_ID] if ch.isprintable())
+    if not value:
+        value = uuid.uuid4().hex
+    context.set_trailing_metadata(((REQUEST_ID, value),))
+    return value
+
+
+def failure(api: str, method: str, rid: str, exc: BaseException | None, code: str) -> None:
+    """One log line per failed request, with its id (and the traceback for internal errors)."""
+    fields = {"api": api, "method": method, "request_id": rid, "code": code}
+    if code == "INTERNAL":
+        log.error("%s/%s [%s]: internal error", api, method, rid, exc_info=exc, extra={"fields": fields})
+    else:
+        log.info("%s/%s [%s] failed: %s %s", api, method, rid, code, exc, extra={"fields": fields})
+
+
+def unary(api: str) -> Callable:
     """Wrap a unary handler: typed errors → their status, anything else → INTERNAL (logged)."""
 
     def decorate(handler: Callable) -> Callable:
@@ -28,22 +57,23 @@ def unary(api: str, metrics_attr: str = "metrics") -> Callable:
 
         @functools.wraps(handler)
         async def wrapper(self, request, context):  # noqa: ANN001, ANN202
-            metrics: Metrics = getattr(self, metrics_attr)
+            metrics: Metrics = self.metrics
             started = time.perf_counter()
+            rid = request_id(context)
             code = "OK"
             try:
                 return await handler(self, request, context)
             except ServingError as exc:
                 code = exc.code.name
-                log.info("%s/%s failed: %s %s", api, method, code, exc)
+                failure(api, method, rid, exc, code)
                 await context.abort(exc.code, str(exc))
             except grpc.aio.AbortError:
                 code = "ABORTED"
                 raise
-            except Exception:
+            except Exception as exc:
                 code = "INTERNAL"
-                log.exception("%s/%s: internal error", api, method)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+                failure(api, method, rid, exc, code)
+                await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {rid})")
             finally:
                 metrics.requests.labels(api, method, code).inc()
                 metrics.latency.labels(api, method).observe(time.perf_counter() - started)

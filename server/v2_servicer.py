@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import grpc
+
 from mnist_serving import __version__
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2_grpc as v2_grpc

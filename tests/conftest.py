@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from mnist_serving.mnist_data import Mnist, load_mnist
 
 # Tests keep every artefact under pytest's temporary directories, and share the data cache.

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+
 from mnist_serving.server.batcher import DynamicBatcher
 from mnist_serving.server.errors import DeadlineExpired, NotReady, Overloaded
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mnist_serving.idx import write_idx
 from PIL import Image
+
+from mnist_serving.idx import write_idx
 
 EXE = shutil.which("mnist-classify", path=str(Path(sys.executable).parent))
 

@@ -2,6 +2,7 @@ import gzip
 
 import numpy as np
 import pytest
+
 from mnist_serving.idx import IdxError, encode_idx, parse_idx, read_idx, write_idx
 
 

@@ -4,10 +4,11 @@ import io
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from mnist_serving.client import Client
 from mnist_serving.server import preprocess
 from mnist_serving.server.errors import InvalidInput
-from PIL import Image
 
 
 def _encode(array: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:

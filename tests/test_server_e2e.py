@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from mnist_serving.client import AsyncClient, Client
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2_grpc as v2_grpc

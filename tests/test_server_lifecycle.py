@@ -1,6 +1,7 @@
 """Start-up, readiness, overload and shutdown of the real server."""
 
 import asyncio
+import json
 import shutil
 import signal
 import subprocess
@@ -9,11 +10,11 @@ import sys
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
 from mnist_serving.server.app import MnistServer
 from mnist_serving.server.config import ServerConfig
-
 from tests.server_process import ServerProcess
 
 
@@ -28,13 +29,19 @@ def test_missing_repository_is_a_clear_error(tmp_path):
     assert "no such directory" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_corrupt_model_is_a_clear_error(tmp_path, model_repository):
+@pytest.mark.parametrize("keep_digest", [True, False])
+def test_corrupt_model_is_a_clear_error(tmp_path, model_repository, keep_digest):
     repo = tmp_path / "models"
     shutil.copytree(model_repository / "mnist", repo / "mnist")
     (repo / "mnist" / "1" / "model.onnx").write_bytes(b"\x08\x07garbage")
+    if not keep_digest:  # without the sidecar's digest, onnxruntime itself must refuse it
+        sidecar = json.loads((repo / "mnist" / "1" / "model.json").read_text())
+        del sidecar["model_sha256"]
+        (repo / "mnist" / "1" / "model.json").write_text(json.dumps(sidecar))
     done = _serve(["--model-repository", str(repo), "--port", "0", "--metrics-port", "-1"])
     assert done.returncode == 2
-    assert "cannot load model" in done.stderr and "Traceback" not in done.stderr
+    expected = "does not match the sidecar" if keep_digest else "cannot load model"
+    assert expected in done.stderr and "Traceback" not in done.stderr
 
 
 def test_cuda_without_gpu_is_a_clear_error(model_repository):

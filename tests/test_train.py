@@ -3,6 +3,7 @@
 import json
 
 import torch
+
 from mnist_serving.train.cli import main as train_main
 from mnist_serving.train.model import MnistMLP, summary
 from mnist_serving.train.recipes import get_recipe

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from mnist_serving.mnist_data import DataError, load_mnist
 from mnist_serving.train import artifacts
 from mnist_serving.train.model import MnistMLP, Normalize, summary

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-from mnist_serving.contract import IMAGE_PIXELS, NUM_CLASSES
 from torch import nn
+
+from mnist_serving.contract import IMAGE_PIXELS, NUM_CLASSES
 
 HIDDEN = 512
 DROPOUT = 0.2

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from mnist_serving.train.model import MnistMLP, Normalize
-from mnist_serving.train.recipes import Recipe
 from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
+
+from mnist_serving.train.model import MnistMLP, Normalize
+from mnist_serving.train.recipes import Recipe
 
 
 @dataclass
