@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import time
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -23,6 +24,7 @@ from mnist_serving.server import security
 from mnist_serving.server.classifier_servicer import ClassifierServicer
 from mnist_serving.server.config import ServerConfig
 from mnist_serving.server.errors import StartupError
+from mnist_serving.server.lifecycle import Lifecycle
 from mnist_serving.server.metrics import Metrics
 from mnist_serving.server.models import LoadedModel, ModelStore
 from mnist_serving.server.runner import select_providers
@@ -51,6 +53,7 @@ class MnistServer:
         self._signals = 0
         self._watcher: asyncio.Task | None = None
         self._retiring: set[asyncio.Task] = set()
+        self.lifecycle = Lifecycle()
         self.store = ModelStore(
             config.model_repository,
             select_providers(config.device),
@@ -126,10 +129,13 @@ class MnistServer:
         credentials = security.server_credentials(config)
         self.server = grpc.aio.server(options=options, interceptors=interceptors)
         pb_grpc.add_ClassifierServicer_to_server(
-            ClassifierServicer(self.store, self.metrics, config.max_request_images), self.server
+            ClassifierServicer(self.store, self.metrics, config.max_request_images, self.lifecycle),
+            self.server,
         )
         v2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.store, self.metrics, config.max_request_images, lambda: self.ready),
+            InferenceServicer(
+                self.store, self.metrics, config.max_request_images, lambda: self.ready, self.lifecycle
+            ),
             self.server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -231,8 +237,13 @@ class MnistServer:
         if self._watcher is not None:
             self._watcher.cancel()
         await self.health.enter_graceful_shutdown()
+        started = time.monotonic()
+        # New calls are answered UNAVAILABLE (clients retry elsewhere) while accepted ones finish.
+        drained = await self.lifecycle.drain(self.config.grace)
+        if not drained:
+            log.warning("grace period over with %d calls unanswered", self.lifecycle.inflight)
         if self.server is not None:
-            await self.server.stop(self.config.grace)
+            await self.server.stop(max(0.0, self.config.grace - (time.monotonic() - started)))
         await self.store.close()
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)

@@ -14,6 +14,7 @@ from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
 from mnist_serving.server import codec
 from mnist_serving.server.errors import ServingError
+from mnist_serving.server.lifecycle import Lifecycle
 from mnist_serving.server.metrics import Metrics
 from mnist_serving.server.models import ModelStore
 from mnist_serving.server.rpc import deadline_of, failure, request_id, unary
@@ -24,7 +25,10 @@ STREAM_WINDOW = 4  # stream messages in flight at once; bounds memory and gives 
 
 
 class ClassifierServicer(pb_grpc.ClassifierServicer):
-    def __init__(self, store: ModelStore, metrics: Metrics, max_request_images: int) -> None:
+    def __init__(
+        self, store: ModelStore, metrics: Metrics, max_request_images: int, lifecycle: Lifecycle
+    ) -> None:
+        self.lifecycle = lifecycle
         self.store = store
         self.metrics = metrics
         self.max_request_images = max_request_images
@@ -67,7 +71,10 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
         code = "OK"
         pending: collections.deque[asyncio.Task] = collections.deque()
         deadline = deadline_of(context)
+        admitted = False
         try:
+            self.lifecycle.enter()
+            admitted = True
             async for request in request_iterator:
                 pending.append(asyncio.ensure_future(self._batch(request, deadline)))
                 while pending and (len(pending) >= STREAM_WINDOW or pending[0].done()):
@@ -86,6 +93,8 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
             failure(API, "ClassifyStream", rid, exc, code)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {rid})")
         finally:
+            if admitted:
+                self.lifecycle.leave()
             for task in pending:
                 task.cancel()
             self.metrics.requests.labels(API, "ClassifyStream", code).inc()

@@ -61,7 +61,10 @@ def unary(api: str) -> Callable:
             started = time.perf_counter()
             rid = request_id(context)
             code = "OK"
+            admitted = False
             try:
+                self.lifecycle.enter()
+                admitted = True
                 return await handler(self, request, context)
             except ServingError as exc:
                 code = exc.code.name
@@ -75,6 +78,8 @@ def unary(api: str) -> Callable:
                 failure(api, method, rid, exc, code)
                 await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {rid})")
             finally:
+                if admitted:
+                    self.lifecycle.leave()
                 metrics.requests.labels(api, method, code).inc()
                 metrics.latency.labels(api, method).observe(time.perf_counter() - started)
 

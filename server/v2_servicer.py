@@ -11,6 +11,7 @@ from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from mnist_serving.server import codec
 from mnist_serving.server.errors import ServingError
+from mnist_serving.server.lifecycle import Lifecycle
 from mnist_serving.server.metrics import Metrics
 from mnist_serving.server.models import ModelStore, describe_tensors
 from mnist_serving.server.rpc import deadline_of, unary
@@ -21,8 +22,14 @@ PLATFORM = "onnxruntime_onnx"
 
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     def __init__(
-        self, store: ModelStore, metrics: Metrics, max_request_images: int, is_ready: Callable[[], bool]
+        self,
+        store: ModelStore,
+        metrics: Metrics,
+        max_request_images: int,
+        is_ready: Callable[[], bool],
+        lifecycle: Lifecycle,
     ) -> None:
+        self.lifecycle = lifecycle
         self.store = store
         self.metrics = metrics
         self.max_request_images = max_request_images

@@ -1,0 +1,170 @@
+"""TLS, mutual TLS and bearer tokens: accepted and refused, through the library and the CLI."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mnist_serving.client import ClassifyError, Client
+from tests.certs import make_pki
+from tests.server_process import ServerProcess
+
+CLASSIFY = shutil.which("mnist-classify", path=str(Path(sys.executable).parent))
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def _start(repository, *args, tmp):
+    server = ServerProcess(repository, *args, log_path=tmp / "server.log")
+    return server
+
+
+def _wait_serving_tls(server, pki, client_cert=True):
+    creds = grpc.ssl_channel_credentials(
+        pki["ca"].read_bytes(),
+        pki["client_key"].read_bytes() if client_cert else None,
+        pki["client"].read_bytes() if client_cert else None,
+    )
+    with grpc.secure_channel(server.address, creds) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for response in stub.Watch(health_pb2.HealthCheckRequest(), timeout=120):
+            if response.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+
+
+def test_tls(model_repository, pki, mnist, tmp_path):
+    server = _start(
+        model_repository, "--tls-cert", str(pki["server"]), "--tls-key", str(pki["server_key"]), tmp=tmp_path
+    )
+    try:
+        _wait_serving_tls(server, pki, client_cert=False)
+        with Client(server.address, root_certificates=pki["ca"]) as client:
+            assert client.classify(mnist.x_test[0]).label == 7
+        with Client(server.address, retries=0, timeout=10) as plaintext:
+            with pytest.raises(ClassifyError) as info:
+                plaintext.classify(mnist.x_test[0])
+            assert info.value.code == "UNAVAILABLE"
+        with Client(server.address, root_certificates=pki["rogue"], retries=0, timeout=10) as wrong_ca:
+            with pytest.raises(ClassifyError) as info:
+                wrong_ca.classify(mnist.x_test[0])
+            assert info.value.code == "UNAVAILABLE"
+        done = subprocess.run(
+            [CLASSIFY, "health", "--server", server.address, "--ca", str(pki["ca"])],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0 and done.stdout.strip() == "SERVING"
+    finally:
+        assert server.stop() == 0
+
+
+def test_mutual_tls(model_repository, pki, mnist, tmp_path):
+    server = _start(
+        model_repository,
+        "--tls-cert",
+        str(pki["server"]),
+        "--tls-key",
+        str(pki["server_key"]),
+        "--tls-client-ca",
+        str(pki["ca"]),
+        tmp=tmp_path,
+    )
+    try:
+        _wait_serving_tls(server, pki)
+        with Client(
+            server.address,
+            root_certificates=pki["ca"],
+            client_certificate=pki["client"],
+            client_key=pki["client_key"],
+        ) as client:
+            assert client.classify(mnist.x_test[1]).label == 2
+        for cert, key in ((None, None), (pki["rogue"], pki["rogue_key"])):
+            with Client(
+                server.address,
+                root_certificates=pki["ca"],
+                client_certificate=cert,
+                client_key=key,
+                retries=0,
+                timeout=10,
+            ) as refused:
+                with pytest.raises(ClassifyError) as info:
+                    refused.classify(mnist.x_test[1])
+                assert info.value.code == "UNAVAILABLE"
+        done = subprocess.run(
+            [
+                CLASSIFY,
+                "--mnist-test",
+                "--no-progress",
+                "--server",
+                server.address,
+                "--ca",
+                str(pki["ca"]),
+                "--cert",
+                str(pki["client"]),
+                "--key",
+                str(pki["client_key"]),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "accuracy" in done.stderr
+    finally:
+        assert server.stop() == 0
+
+
+def test_bearer_tokens(model_repository, mnist, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# one token per line\nsecond-token\n")
+    server = _start(
+        model_repository, "--auth-token", "first-token", "--auth-token-file", str(tokens), tmp=tmp_path
+    )
+    try:
+        server.wait_serving()  # health stays open without a token, for probes
+        for token in ("first-token", "second-token"):
+            with Client(server.address, token=token) as client:
+                assert client.classify(mnist.x_test[2]).label == 1
+                assert len(client.classify_batch(mnist.x_test[:10])) == 10
+        for token in (None, "wrong-token"):
+            with Client(server.address, token=token, retries=0) as client:
+                with pytest.raises(ClassifyError) as info:
+                    client.classify(mnist.x_test[2])
+                assert info.value.code == "UNAUTHENTICATED"
+                with pytest.raises(ClassifyError) as info:
+                    client.classify_batch(mnist.x_test[:10])
+                assert info.value.code == "UNAUTHENTICATED"
+        with grpc.insecure_channel(server.address) as channel:
+            stream = channel.stream_stream("/mnist.v1.Classifier/ClassifyStream")
+            with pytest.raises(grpc.RpcError) as info:
+                list(stream(iter([b""]), metadata=(("authorization", "Basic abc"),), timeout=10))
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert server.metric("mnist_serving_auth_failures_total") >= 5
+        done = subprocess.run(
+            [CLASSIFY, "info", "--server", server.address, "--token", "first-token"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        done = subprocess.run(
+            [CLASSIFY, "info", "--server", server.address, "--retries", "0"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 1 and "UNAUTHENTICATED" in done.stderr
+    finally:
+        assert server.stop() == 0
