@@ -74,3 +74,13 @@ def publish(root: str | Path, name: str, write: Callable[[Path, int], None]) -> 
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def published_model(root: str | Path, name: str) -> Path | None:
+    """The newest published model file of ``name``, or None (used to skip one-shot jobs)."""
+    versions = list_versions(root, name)
+    for version in reversed(versions):
+        path = version_dir(root, name, version) / MODEL_FILENAME
+        if path.is_file():
+            return path
+    return None

@@ -170,11 +170,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, help="MNIST IDX directory (else cache / download)")
     parser.add_argument("--quantize", choices=["int8"], help="also publish a quantised variant")
     parser.add_argument("--report", type=Path, help="write the export report as JSON here")
+    parser.add_argument(
+        "--skip-if-published",
+        action="store_true",
+        help="do nothing (exit 0) when --model-repository already has a published model",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.skip_if_published:
+        published = model_repository.published_model(args.model_repository, MODEL_NAME)
+        if published is not None:
+            print(f"model already published ({published}); skipping export")
+            return 0
     try:
         run_dir = args.run_dir or newest_run(args.runs_dir)
         data = load_mnist(args.data_dir)

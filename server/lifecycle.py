@@ -7,7 +7,7 @@ import time
 
 from mnist_serving.server.errors import NotReady
 
-QUIET_PERIOD = 0.25  # seconds without a refused call before the transport is closed
+QUIET_PERIOD = 1.0  # seconds without a refused call before the transport is closed
 
 
 class Lifecycle:
@@ -46,6 +46,8 @@ class Lifecycle:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
             return False
-        while (wait := min(self.last_refused + quiet, deadline) - time.monotonic()) > 0:
+        # Callers still arriving (and being refused) get time to notice and go elsewhere;
+        # with none arriving, the transport closes at once.
+        while self.last_refused and (wait := min(self.last_refused + quiet, deadline) - time.monotonic()) > 0:
             await asyncio.sleep(wait)
         return self.inflight == 0

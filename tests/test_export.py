@@ -80,3 +80,18 @@ def test_cli_exports_newest_run_into_next_version(tmp_path, trained_run, capsys)
 def test_cli_without_runs_is_a_clear_error(tmp_path, capsys):
     assert export_main(["--runs-dir", str(tmp_path / "none"), "--model-repository", str(tmp_path)]) == 2
     assert "no trained run" in capsys.readouterr().err
+
+
+def test_one_shot_jobs_skip_when_a_model_is_published(model_repository, tmp_path, capsys):
+    from mnist_serving.train.cli import main as train_main
+
+    assert train_main(["--skip-if-published", str(model_repository), "--runs-dir", str(tmp_path)]) == 0
+    assert (
+        export_main(
+            ["--skip-if-published", "--model-repository", str(model_repository), "--runs-dir", str(tmp_path)]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "skipping training" in out and "skipping export" in out
+    assert not any(tmp_path.iterdir())  # nothing trained

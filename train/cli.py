@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mnist_serving import model_repository
+from mnist_serving.contract import MODEL_NAME
 from mnist_serving.mnist_data import DataError, load_mnist
 from mnist_serving.train import artifacts
 from mnist_serving.train.model import MnistMLP, Normalize, summary
@@ -52,6 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run-dir", type=Path, help="exact run directory to write")
     parser.add_argument("--train-subset", type=int, help="use only the first N training images (smoke tests)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--skip-if-published",
+        type=Path,
+        metavar="MODEL_REPOSITORY",
+        help="do nothing (exit 0) when this repository already has a published model",
+    )
     return parser.parse_args(argv)
 
 
@@ -69,6 +77,11 @@ def new_run_dir(runs_dir: Path, recipe: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.skip_if_published is not None:
+        published = model_repository.published_model(args.skip_if_published, MODEL_NAME)
+        if published is not None:
+            print(f"model already published ({published}); skipping training")
+            return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = get_recipe(

@@ -1,0 +1,34 @@
+# syntax=docker/dockerfile:1
+# mnist-serve on NVIDIA GPUs: onnxruntime-gpu on a CUDA 12 / cuDNN 9 runtime. No torch.
+FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS base
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+
+FROM base AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY common/ common/
+COPY train/ train/
+COPY export/ export/
+COPY server/ server/
+COPY client/ client/
+COPY protos/ protos/
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir ".[serve-gpu,client]"
+
+FROM base
+COPY --from=build /opt/venv /opt/venv
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin mnist
+USER 10001
+ENV PATH=/opt/venv/bin:$PATH \
+    MNIST_SERVING_MODEL_REPOSITORY=/models \
+    MNIST_SERVING_DEVICE=cuda \
+    MNIST_SERVING_PORT=50051 \
+    MNIST_SERVING_METRICS_PORT=8000 \
+    PYTHONUNBUFFERED=1
+EXPOSE 50051 8000
+HEALTHCHECK --interval=10s --timeout=5s --start-period=90s --retries=3 \
+    CMD ["mnist-classify", "health", "--server", "localhost:50051", "--retries", "0", "--timeout", "3"]
+ENTRYPOINT ["mnist-serve"]
