@@ -6,7 +6,7 @@ MODELS ?= models
 RUNS ?= runs
 SERVE_ARGS ?=
 
-.PHONY: run model train export serve test lint protos bench clean
+.PHONY: run model train export serve test lint protos bench bench-quick clean
 
 # Main job: environment → data → train (if no run) → export with parity (if no model) → serve.
 run: model
@@ -57,6 +57,14 @@ lint: $(VENV)/.installed-dev
 # Regenerate the gRPC stubs from protos/ (a test fails when the committed ones are stale).
 protos: $(VENV)/.installed-dev
 	$(BIN)/python -m mnist_serving.protos.generate
+
+# Benchmarks: one sitting against the in-process ceiling and the peers (minutes); see docs/benchmarks.md.
+bench: model $(VENV)/.installed-dev
+	bench/peers/setup.sh
+	$(BIN)/python bench/run.py --docs docs/benchmarks.md
+
+bench-quick: model $(VENV)/.installed-dev
+	$(BIN)/python bench/run.py --quick --peers ""
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

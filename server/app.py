@@ -41,8 +41,9 @@ SERVICE_NAMES = (
 class MnistServer:
     """One server process; ``run()`` serves until SIGTERM/SIGINT, then drains and returns."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, reuse_port: bool = False) -> None:
         self.config = config
+        self.reuse_port = reuse_port
         self.metrics = Metrics()
         self.ready = False
         self.health = health_aio.HealthServicer()
@@ -116,7 +117,8 @@ class MnistServer:
         options = [
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            # Only worker processes share a port; a lone server must not silently share one.
+            ("grpc.so_reuseport", 1 if self.reuse_port else 0),
         ]
         interceptors = []
         tokens = security.load_tokens(config)
@@ -263,10 +265,10 @@ class MnistServer:
         await self.stop()
 
 
-def serve(config: ServerConfig) -> int:
+def serve(config: ServerConfig, reuse_port: bool = False) -> int:
     """Run a server until signalled; returns the process exit code."""
     try:
-        asyncio.run(MnistServer(config).run())
+        asyncio.run(MnistServer(config, reuse_port).run())
     except (StartupError, OSError) as exc:
         log.error("cannot start: %s", exc)
         print(f"mnist-serve: {exc}", file=sys.stderr)

@@ -10,6 +10,10 @@ from mnist_serving.server.config import load_config
 def main(argv: list[str] | None = None) -> int:
     config = load_config(argv)
     logs.configure(config.log_level, config.log_format)
+    if config.workers > 1:
+        from mnist_serving.server.workers import run_workers
+
+        return run_workers(config)
     return serve(config)
 
 

@@ -30,6 +30,8 @@ class ServerConfig:
     """auto (CUDA if onnxruntime-gpu sees a GPU, else CPU), cpu or cuda (error if unavailable)."""
     intra_op_threads: int = 0
     """onnxruntime intra-op threads per model (0: onnxruntime's default, one per core)."""
+    workers: int = 1
+    """Server processes sharing the port (SO_REUSEPORT, Linux); each gets its own /metrics port."""
     max_batch_size: int = 256
     """Most images in one onnxruntime run; bigger requests are split into runs of this size."""
     max_batch_delay: int = 0
@@ -159,7 +161,7 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
     parser.set_defaults(**env_defaults)
     args = parser.parse_args(argv)
     config = ServerConfig(**{item.name: getattr(args, item.name) for item in fields(ServerConfig)})
-    for name in ("max_batch_size", "max_queue", "max_request_images"):
+    for name in ("max_batch_size", "max_queue", "max_request_images", "workers"):
         if getattr(config, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if config.max_batch_delay < 0:

@@ -7,7 +7,7 @@ import time
 
 from mnist_serving.server.errors import NotReady
 
-QUIET_PERIOD = 1.0  # seconds without a refused call before the transport is closed
+QUIET_PERIOD = 2.0  # seconds without a refused call before the transport is closed
 
 
 class Lifecycle:

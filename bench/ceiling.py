@@ -1,0 +1,48 @@
+"""The in-process ceiling: onnxruntime on the published model, no server, no network."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+from mnist_serving.contract import INPUT
+
+BATCHES = (1, 8, 64, 256, 1024)
+
+
+def measure(model_path: str, threads: int = 0, batches=BATCHES, seconds: float = 1.0) -> list[dict]:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in batches:
+        images = rng.integers(0, 256, (batch, 28, 28), dtype=np.uint8)
+        for _ in range(5):
+            session.run(None, {INPUT.name: images})
+        runs, started = 0, time.perf_counter()
+        latencies = []
+        while time.perf_counter() - started < seconds:
+            t = time.perf_counter()
+            session.run(None, {INPUT.name: images})
+            latencies.append(time.perf_counter() - t)
+            runs += 1
+        elapsed = time.perf_counter() - started
+        rows.append(
+            {
+                "batch": batch,
+                "threads": threads,
+                "images_per_s": runs * batch / elapsed,
+                "p50_ms": float(np.percentile(latencies, 50) * 1e3),
+            }
+        )
+    return rows
+
+
+if __name__ == "__main__":
+    import sys
+
+    for row in measure(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0):
+        print(row)

@@ -1,0 +1,77 @@
+"""h2load against a v2 ModelInfer endpoint: one pre-framed request, replayed; near-free load.
+
+h2load counts HTTP 200 as success even when the gRPC status in the trailers is an error,
+so the same request is also sent once through a real gRPC client and its answer checked.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
+
+PATH = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def request_bytes(image: np.ndarray) -> bytes:
+    """A gRPC-framed ModelInferRequest: 0 (uncompressed), 4-byte big-endian length, message."""
+    request = v2.ModelInferRequest(model_name="mnist", raw_input_contents=[image.tobytes()])
+    request.inputs.add(name="image", datatype="UINT8", shape=[1, 28, 28])
+    message = request.SerializeToString()
+    return b"\x00" + struct.pack(">I", len(message)) + message
+
+
+def run(port: int, body: Path, seconds: float, connections: int, streams: int, log: Path) -> dict:
+    h2load = shutil.which("h2load")
+    if h2load is None:
+        return {"error": "h2load not installed (Debian: nghttp2-client)"}
+    command = [
+        h2load,
+        "-D",
+        str(max(1, round(seconds))),
+        "--warm-up-time",
+        "1",
+        "-c",
+        str(connections),
+        "-m",
+        str(streams),
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        "-d",
+        str(body),
+        "--log-file",
+        str(log),
+        f"http://127.0.0.1:{port}{PATH}",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    out = done.stdout
+    rps = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", out)
+    status = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    result = {
+        "requests_per_s": float(rps.group(1)) if rps else 0.0,
+        "http_2xx": int(status.group(1)) if status else 0,
+        "http_errors": sum(int(status.group(i)) for i in (3, 4)) if status else 0,
+    }
+    times = []
+    if log.exists():
+        for line in log.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[1] == "200":
+                times.append(int(parts[2]) / 1000.0)  # microseconds → ms
+    if times:
+        ms = np.array(times)
+        result.update(
+            mean_ms=float(ms.mean()),
+            p50_ms=float(np.percentile(ms, 50)),
+            p90_ms=float(np.percentile(ms, 90)),
+            p99_ms=float(np.percentile(ms, 99)),
+        )
+    return result

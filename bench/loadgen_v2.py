@@ -1,0 +1,66 @@
+"""Closed-loop load over the KServe v2 API with Triton's own asyncio client.
+
+Runs in its own process (tritonclient's protobuf symbols clash with the server's).
+Usage: python loadgen_v2.py ADDRESS CONCURRENCY BATCH SECONDS IMAGES.npy LABELS.npy
+Prints one JSON object: requests, images, errors, wrong answers, latency percentiles.
+"""
+
+import asyncio
+import json
+import sys
+import time
+
+import numpy as np
+import tritonclient.grpc.aio as triton
+from tritonclient.grpc import InferInput, InferRequestedOutput
+
+
+async def main() -> None:
+    address, concurrency, batch, seconds, images_path, labels_path = sys.argv[1:7]
+    concurrency, batch, seconds = int(concurrency), int(batch), float(seconds)
+    images, expected = np.load(images_path), np.load(labels_path)
+    client = triton.InferenceServerClient(address)
+    latencies: list[float] = []
+    counts = {"requests": 0, "images": 0, "errors": 0, "wrong": 0}
+    stop_at = time.perf_counter() + seconds
+
+    async def worker(seed: int) -> None:
+        i = seed * 997
+        while time.perf_counter() < stop_at:
+            start = (i * batch) % (len(images) - batch + 1)
+            x = InferInput("image", [batch, 28, 28], "UINT8")
+            x.set_data_from_numpy(images[start : start + batch])
+            t = time.perf_counter()
+            try:
+                result = await client.infer("mnist", [x], outputs=[InferRequestedOutput("label")])
+                labels = result.as_numpy("label").reshape(-1)
+                counts["wrong"] += int((labels != expected[start : start + batch]).sum())
+            except Exception:
+                counts["errors"] += 1
+            latencies.append(time.perf_counter() - t)
+            counts["requests"] += 1
+            counts["images"] += batch
+            i += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(s) for s in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    await client.close()
+    ms = np.array(latencies) * 1e3
+    print(
+        json.dumps(
+            {
+                **counts,
+                "seconds": elapsed,
+                "requests_per_s": counts["requests"] / elapsed,
+                "images_per_s": counts["images"] / elapsed,
+                "p50_ms": float(np.percentile(ms, 50)),
+                "p90_ms": float(np.percentile(ms, 90)),
+                "p99_ms": float(np.percentile(ms, 99)),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

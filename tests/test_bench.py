@@ -1,0 +1,42 @@
+"""The benchmark harness runs end to end on a tiny setting (figures come from `make bench`)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_bench_harness_quick(model_repository, tmp_path):
+    results = tmp_path / "results.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--quick",
+            "--seconds",
+            "0.3",
+            "--peers",
+            "",
+            "--model",
+            str(model_repository / "mnist" / "1" / "model.onnx"),
+            "--results",
+            str(results),
+            "--docs",
+            str(tmp_path / "docs" / "benchmarks.md"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    data = json.loads(results.read_text())
+    assert {r["batch"] for r in data["ceiling"]} == {1, 8, 64, 256, 1024}
+    rows = data["servers"]["mnist-serving"]
+    for name in ("v2 single c=1", "own single c=16", "own batch256 c=1", "own stream test set"):
+        assert rows[name]["requests"] > 0 and rows[name]["errors"] == 0 and rows[name]["wrong"] == 0, name
+    assert rows["h2load answer check"]["ok"]
+    report = (tmp_path / "docs" / "benchmarks.md").read_text()
+    assert "| v2 single c=1 |" in report and (tmp_path / "docs" / "bench-throughput.png").is_file()
