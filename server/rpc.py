@@ -4,9 +4,10 @@ records per-RPC metrics."""
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
+import os
 import time
-import uuid
 from collections.abc import Callable
 
 import grpc
@@ -18,6 +19,9 @@ log = logging.getLogger(__name__)
 
 REQUEST_ID = "x-request-id"
 MAX_REQUEST_ID = 128
+# Generated ids: a random per-process prefix and a counter (unique, and cheap on the hot path).
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
@@ -35,7 +39,7 @@ def request_id(context: grpc.aio.ServicerContext) -> str:
             break
     value = "".join(ch for ch in value[:MAX_REQUEST_ID] if ch.isprintable())
     if not value:
-        value = uuid.uuid4().hex
+        value = f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
     context.set_trailing_metadata(((REQUEST_ID, value),))
     return value
 
@@ -54,6 +58,18 @@ def unary(api: str) -> Callable:
 
     def decorate(handler: Callable) -> Callable:
         method = handler.__name__
+        children: dict = {}  # labelled metric children, looked up once per (metrics, code)
+
+        def record(metrics: Metrics, code: str, seconds: float) -> None:
+            key = (id(metrics), code)
+            pair = children.get(key)
+            if pair is None:
+                pair = children[key] = (
+                    metrics.requests.labels(api, method, code),
+                    metrics.latency.labels(api, method),
+                )
+            pair[0].inc()
+            pair[1].observe(seconds)
 
         @functools.wraps(handler)
         async def wrapper(self, request, context):  # noqa: ANN001, ANN202
@@ -80,8 +96,7 @@ def unary(api: str) -> Callable:
             finally:
                 if admitted:
                     self.lifecycle.leave()
-                metrics.requests.labels(api, method, code).inc()
-                metrics.latency.labels(api, method).observe(time.perf_counter() - started)
+                record(metrics, code, time.perf_counter() - started)
 
         return wrapper
 
