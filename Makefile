@@ -6,7 +6,7 @@ MODELS ?= models
 RUNS ?= runs
 SERVE_ARGS ?=
 
-.PHONY: run model train export serve test lint protos bench bench-quick clean
+.PHONY: run model train export serve test lint protos bench bench-quick soak reliability audit clean
 
 # Main job: environment → data → train (if no run) → export with parity (if no model) → serve.
 run: model
@@ -65,6 +65,20 @@ bench: model $(VENV)/.installed-dev
 
 bench-quick: model $(VENV)/.installed-dev
 	$(BIN)/python bench/run.py --quick --peers ""
+
+# Reliability: the mixed-API soak for minutes (figures in docs/reliability.md), then the
+# whole reliability and hostile-input suite.
+soak: model $(VENV)/.installed-dev
+	$(BIN)/python bench/soak.py --seconds $${SOAK_SECONDS:-300} --callers 32
+
+reliability: soak
+	$(BIN)/python -m pytest -q tests/test_reliability.py tests/test_bad_input.py tests/test_properties.py \
+		tests/test_model_lifecycle.py tests/test_security.py tests/test_server_lifecycle.py
+
+# Known vulnerabilities in the pinned dependencies (queries PyPI's advisory data).
+audit: $(VENV)/.installed-dev
+	$(BIN)/pip install --quiet pip-audit==2.10.1
+	$(BIN)/pip-audit --skip-editable
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

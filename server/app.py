@@ -55,6 +55,7 @@ class MnistServer:
         self._watcher: asyncio.Task | None = None
         self._retiring: set[asyncio.Task] = set()
         self.lifecycle = Lifecycle()
+        self.metrics.inflight.set_function(lambda: self.lifecycle.inflight)
         self.store = ModelStore(
             config.model_repository,
             select_providers(config.device),

@@ -22,6 +22,12 @@ def png(size=(40, 40), mode="L") -> bytes:
     return buffer.getvalue()
 
 
+def truncated_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (64, 64), 128).save(buffer, format="JPEG")
+    return buffer.getvalue()[:100]
+
+
 def bomb() -> bytes:
     """A tiny PNG that claims 30000x30000 pixels."""
     buffer = io.BytesIO()
@@ -168,6 +174,12 @@ V2_CASES = {
     "unknown model": (infer(raw=[ZERO], model="mnist-cnn"), "model_name"),
     "unknown version": (infer(raw=[ZERO], version="7"), "model_version"),
     "over the limit": (infer(shape=(70000, 28, 28), raw=[b""]), "at most"),
+    "path-like version": (infer(raw=[ZERO], version="../../etc/passwd"), "model_version"),
+    "785 pixels": (infer(shape=(1, 785), raw=[bytes(785)]), "inputs[0].shape"),
+    "overflowing shape": (infer(shape=(2**40, 28, 28), raw=[ZERO]), "at most"),
+    "lowercase dtype": (infer(datatype="uint8", raw=[ZERO]), "inputs[0].datatype"),
+    "bytes dtype": (infer(datatype="BYTES", raw=[ZERO]), "inputs[0].datatype"),
+    "typed fp32 NaN": (infer(datatype="FP32", typed=("fp32_contents", [float("nan")] * 784)), "NaN"),
 }
 
 
@@ -223,4 +235,28 @@ def test_message_over_the_size_limit(channel):
             pb.ClassifyBatchRequest(raw=pb.RawBatch(data=huge)), timeout=60
         )
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    _assert_healthy(channel)
+
+
+def test_oversized_request_id_is_truncated_not_echoed_whole(channel):
+    stub = pb_grpc.ClassifierStub(channel)
+    _, call = stub.Classify.with_call(
+        pb.ClassifyRequest(image=pb.Image(raw=ZERO)), metadata=(("x-request-id", "r" * 4000),)
+    )
+    echoed = dict(call.trailing_metadata())["x-request-id"]
+    assert echoed == "r" * 128
+    _assert_healthy(channel)
+
+
+def test_oversized_metadata_is_refused_by_the_transport(channel):
+    stub = pb_grpc.ClassifierStub(channel)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Classify(
+            pb.ClassifyRequest(image=pb.Image(raw=ZERO)), metadata=(("x-junk", "j" * 100_000),), timeout=30
+        )
+    assert info.value.code() in (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+    )
     _assert_healthy(channel)

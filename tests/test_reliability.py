@@ -1,0 +1,211 @@
+"""Reliability: a short mixed soak, vanishing clients, restarts, killed workers, export crashes.
+
+`make soak` runs the same soak for minutes; figures are in docs/reliability.md.
+"""
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from mnist_serving import model_repository as layout
+from mnist_serving.client import Client
+from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
+from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
+from tests.server_process import ServerProcess
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
+import soak  # noqa: E402
+
+SOAK_SECONDS = 12
+
+
+def _fds(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def test_short_soak_mixing_every_api(model_repository, mnist, onnx_reference, tmp_path):
+    server = ServerProcess(model_repository, log_path=tmp_path / "log")
+    server.wait_serving()
+    try:
+        result = asyncio.run(
+            soak.soak(server.address, server.process.pid, SOAK_SECONDS, 16, mnist.x_test, onnx_reference[1])
+        )
+    finally:
+        assert server.stop() == 0
+    assert result["sent"] > 500 and all(result["by_api"][api] > 0 for api in soak.APIS)
+    assert (result["lost"], result["wrong"], result["refused"]) == (0, 0, 0), result["failures"]
+    assert result["answered"] == result["sent"]
+    assert result["rss_end_mb"] <= result["rss_warm_mb"] * 1.15 + 16, result  # flat after warm-up
+    assert result["fds_end"] <= result["fds_warm"] + 8, result
+
+
+def test_vanishing_cancelling_and_silent_clients_leave_nothing_behind(server, mnist):
+    baseline_fds = _fds(server.process.pid)
+
+    async def misbehave():
+        for _ in range(10):
+            async with grpc.aio.insecure_channel(server.address) as channel:
+                stub = pb_grpc.ClassifierStub(channel)
+                # A stream that sends a few batches, then the client vanishes mid-way.
+                call = stub.ClassifyStream()
+                for start in (0, 300):
+                    await call.write(
+                        pb.ClassifyBatchRequest(
+                            raw=pb.RawBatch(data=mnist.x_test[start : start + 300].tobytes(), count=300)
+                        )
+                    )
+                await call.read()
+                call.cancel()
+                # A stream opened and never written to, then dropped.
+                silent = stub.ClassifyStream()
+                await asyncio.sleep(0)
+                silent.cancel()
+                # A big unary call cancelled while queued or running.
+                big = stub.ClassifyBatch(
+                    pb.ClassifyBatchRequest(raw=pb.RawBatch(data=mnist.x_test[:5000].tobytes(), count=5000))
+                )
+                await asyncio.sleep(0)
+                big.cancel()
+
+    asyncio.run(misbehave())
+    with Client(server.address) as client:  # the server is fine, and nothing is stuck
+        assert client.classify_batch(mnist.x_test[:1000]).labels.shape == (1000,)
+        assert client.health() == "SERVING"
+    assert server.metric("mnist_serving_inflight_requests") == 0
+    assert server.metric("mnist_serving_queue_depth", model="mnist") == 0
+    assert _fds(server.process.pid) <= baseline_fds + 8
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_client_retries_succeed_against_a_restarted_server(model_repository, mnist, tmp_path):
+    port = str(_free_port())
+    first = ServerProcess(model_repository, "--port", port, log_path=tmp_path / "first.log")
+    first.wait_serving()
+    with Client(f"127.0.0.1:{port}", retries=10, backoff=0.1, timeout=10) as client:
+        assert client.classify(mnist.x_test[0]).label == 7
+        assert first.stop() == 0
+        holder = {}
+        restart = threading.Thread(
+            target=lambda: holder.setdefault(
+                "server", ServerProcess(model_repository, "--port", port, log_path=tmp_path / "second.log")
+            )
+        )
+        restart.start()
+        try:
+            # Sent while no server is listening: UNAVAILABLE, retried with backoff until the new one answers.
+            assert client.classify(mnist.x_test[1]).label == 2
+        finally:
+            restart.join()
+            holder["server"].stop()
+
+
+def expected_labels(repository: Path, mnist) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(repository / "mnist" / "1" / "model.onnx"))
+    return session.run(["label"], {"image": mnist.x_test[:100]})[0]
+
+
+def _wait_log(path: Path, pattern: str, count: int, timeout: float = 120) -> list[re.Match]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = list(re.finditer(pattern, path.read_text()))
+        if len(found) >= count:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"{pattern!r} seen fewer than {count} times in {path}")
+
+
+def test_a_killed_worker_is_replaced_and_the_others_keep_serving(model_repository, mnist, tmp_path):
+    log = tmp_path / "log"
+    server = ServerProcess(model_repository, "--workers", "2", "--metrics-port", "-1", log_path=log)
+    try:
+        _wait_log(log, r"ready: health SERVING", 2)
+        pids = [int(m.group(2)) for m in _wait_log(log, r"worker (\d) started \(pid (\d+)\)", 2)]
+        victim = pids[0]
+        os.kill(victim, signal.SIGKILL)
+        labels = []
+        for i in range(60):  # new connections keep being served by the surviving worker
+            with Client(server.address, retries=3, backoff=0.05) as client:
+                labels.append(client.classify(mnist.x_test[i]).label)
+        assert labels == [int(x) for x in expected_labels(model_repository, mnist)[:60]]
+        restarted = _wait_log(log, r"worker 0 started \(pid (\d+)\)", 2)
+        assert int(restarted[-1].group(1)) != victim
+        _wait_log(log, r"ready: health SERVING", 3)
+        assert "exited with -9; restarting" in log.read_text()
+    finally:
+        assert server.stop() == 0
+
+
+def test_export_crash_half_way_publishes_nothing(tmp_path, model_repository):
+    repository = tmp_path / "models"
+    shutil.copytree(model_repository / "mnist", repository / "mnist")
+
+    def crash(staging, version):
+        (staging / "model.onnx").write_bytes(b"half a model")
+        raise KeyboardInterrupt("killed half-way")
+
+    with pytest.raises(KeyboardInterrupt):
+        layout.publish(repository, "mnist", crash)
+    assert layout.list_versions(repository, "mnist") == [1]
+    assert sorted(p.name for p in (repository / "mnist").iterdir()) == ["1"]
+    # A staging directory left by a hard kill is invisible to readers.
+    leftover = repository / "mnist" / ".staging-crashed"
+    leftover.mkdir()
+    (leftover / "model.onnx").write_bytes(b"half")
+    assert layout.list_versions(repository, "mnist") == [1]
+    assert layout.published_model(repository, "mnist") == repository / "mnist" / "1" / "model.onnx"
+
+
+def test_token_refusals_hold_under_load(model_repository, mnist, tmp_path):
+    server = ServerProcess(model_repository, "--auth-token", "s3cret", log_path=tmp_path / "log")
+    server.wait_serving()
+    outcomes: list[tuple[bool, str]] = []
+    lock = threading.Lock()
+
+    def caller(good: bool):
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.ClassifierStub(channel)
+            metadata = (("authorization", "Bearer s3cret" if good else "Bearer guess"),)
+            for i in range(100):
+                try:
+                    stub.Classify(
+                        pb.ClassifyRequest(image=pb.Image(raw=mnist.x_test[i].tobytes())),
+                        metadata=metadata,
+                        timeout=30,
+                    )
+                    code = "OK"
+                except grpc.RpcError as exc:
+                    code = exc.code().name
+                with lock:
+                    outcomes.append((good, code))
+
+    threads = [threading.Thread(target=caller, args=(i % 2 == 0,)) for i in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        assert server.stop() == 0
+    assert len(outcomes) == 800
+    assert {code for good, code in outcomes if good} == {"OK"}
+    assert {code for good, code in outcomes if not good} == {"UNAUTHENTICATED"}
+    assert json.dumps(outcomes).count("UNAUTHENTICATED") == 400
