@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -65,22 +64,34 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
     async def ClassifyStream(
         self, request_iterator: AsyncIterator[pb.ClassifyBatchRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ClassifyBatchResponse]:
-        """Answers in order, with at most STREAM_WINDOW messages being classified at once."""
+        """Answers in order as soon as each is ready, with at most STREAM_WINDOW messages in work.
+
+        Reading and answering run concurrently, so a caller that waits for each answer before
+        sending the next message (ping-pong) is served, and one that sends ahead is held back
+        by the bounded window (and gRPC flow control) rather than buffered without limit.
+        """
         started = time.perf_counter()
         rid = request_id(context)
         code = "OK"
-        pending: collections.deque[asyncio.Task] = collections.deque()
         deadline = deadline_of(context)
+        window: asyncio.Queue[asyncio.Future | None] = asyncio.Queue(maxsize=STREAM_WINDOW)
         admitted = False
+        reader: asyncio.Task | None = None
+
+        async def read_requests() -> None:
+            try:
+                async for request in request_iterator:
+                    await window.put(asyncio.ensure_future(self._batch(request, deadline)))
+            finally:
+                await window.put(None)
+
         try:
             self.lifecycle.enter()
             admitted = True
-            async for request in request_iterator:
-                pending.append(asyncio.ensure_future(self._batch(request, deadline)))
-                while pending and (len(pending) >= STREAM_WINDOW or pending[0].done()):
-                    yield await pending.popleft()
-            while pending:
-                yield await pending.popleft()
+            reader = asyncio.ensure_future(read_requests())
+            while (task := await window.get()) is not None:
+                yield await task
+            await reader  # surfaces a failure while reading the request stream
         except ServingError as exc:
             code = exc.code.name
             failure(API, "ClassifyStream", rid, exc, code)
@@ -95,7 +106,11 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
         finally:
             if admitted:
                 self.lifecycle.leave()
-            for task in pending:
-                task.cancel()
+            if reader is not None:
+                reader.cancel()
+            while not window.empty():
+                task = window.get_nowait()
+                if task is not None:
+                    task.cancel()
             self.metrics.requests.labels(API, "ClassifyStream", code).inc()
             self.metrics.latency.labels(API, "ClassifyStream").observe(time.perf_counter() - started)

@@ -61,8 +61,9 @@ class Metrics:
         self.auth_failures = Counter(
             "mnist_serving_auth_failures", "Calls refused UNAUTHENTICATED.", ["method"], registry=r
         )
-        self.inflight = Gauge("mnist_serving_inflight_requests", "Calls admitted and not yet answered.",
-                              registry=r)
+        self.inflight = Gauge(
+            "mnist_serving_inflight_requests", "Calls admitted and not yet answered.", registry=r
+        )
         self.info = Info(
             "mnist_serving_model", "The model version and execution provider serving.", registry=r
         )

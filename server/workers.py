@@ -73,11 +73,15 @@ def run_workers(config: ServerConfig) -> int:
             processes[index] = process
             log.info("worker %d started (pid %d) on port %d", index, process.pid, port)
 
+        draining: list[multiprocessing.Process] = []
+
         def forward(signum: int, _frame: object) -> None:
             nonlocal stopping
             stopping = True
             for process in processes.values():
                 if process.is_alive():
+                    if process not in draining:
+                        draining.append(process)
                     os.kill(process.pid, signum)
 
         signal.signal(signal.SIGTERM, forward)
@@ -98,8 +102,10 @@ def run_workers(config: ServerConfig) -> int:
                     forward(signal.SIGTERM, None)
                     continue
                 time.sleep(RESTART_BACKOFF)
-                start(index)
+                if not stopping:
+                    start(index)
             if stopping and not any(p.is_alive() for p in processes.values()):
                 break
-        codes = [p.exitcode for p in processes.values()]
+        # Exit 0 when every worker that was running at shutdown drained cleanly.
+        codes = [p.exitcode for p in draining] or [p.exitcode for p in processes.values()]
         return 0 if all(code == 0 for code in codes) else max(abs(c or 1) for c in codes)

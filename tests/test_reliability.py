@@ -143,7 +143,7 @@ def test_a_killed_worker_is_replaced_and_the_others_keep_serving(model_repositor
         os.kill(victim, signal.SIGKILL)
         labels = []
         for i in range(60):  # new connections keep being served by the surviving worker
-            with Client(server.address, retries=3, backoff=0.05) as client:
+            with Client(server.address, retries=5, backoff=0.1) as client:
                 labels.append(client.classify(mnist.x_test[i]).label)
         assert labels == [int(x) for x in expected_labels(model_repository, mnist)[:60]]
         restarted = _wait_log(log, r"worker 0 started \(pid (\d+)\)", 2)

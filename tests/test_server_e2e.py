@@ -192,3 +192,21 @@ def test_metrics_count_requests(server, client, mnist):
     after = server.metric("mnist_serving_requests_total", api="mnist.v1", method="Classify", code="OK")
     assert after == before + 3
     assert server.metric("mnist_serving_batch_size_count") > 0
+
+
+def test_stream_answers_a_ping_pong_caller(server, mnist, onnx_reference):
+    """A caller that waits for each answer before sending the next message is served."""
+
+    async def go():
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            call = pb_grpc.ClassifierStub(channel).ClassifyStream(timeout=60)
+            labels = []
+            for start in range(0, 500, 100):
+                part = mnist.x_test[start : start + 100]
+                await call.write(pb.ClassifyBatchRequest(raw=pb.RawBatch(data=part.tobytes(), count=100)))
+                labels.append(np.frombuffer((await call.read()).labels, np.uint8))
+            await call.done_writing()
+            assert await call.read() == grpc.aio.EOF
+            return np.concatenate(labels)
+
+    assert np.array_equal(asyncio.run(go()), onnx_reference[1][:500])
