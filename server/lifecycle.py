@@ -7,7 +7,7 @@ import time
 
 from mnist_serving.server.errors import NotReady
 
-QUIET_PERIOD = 2.0  # seconds without a refused call before the transport is closed
+QUIET_PERIOD = 1.0  # seconds without any call activity before the transport is closed
 
 
 class Lifecycle:
@@ -21,19 +21,20 @@ class Lifecycle:
     def __init__(self) -> None:
         self.accepting = True
         self.inflight = 0
-        self.last_refused = 0.0
+        self.last_activity = 0.0  # last admission, answer or refusal (time.monotonic())
         self._idle = asyncio.Event()
         self._idle.set()
 
     def enter(self) -> None:
         """Admit one call, or refuse it when draining."""
+        self.last_activity = time.monotonic()
         if not self.accepting:
-            self.last_refused = time.monotonic()
             raise NotReady("server is shutting down; retry on another replica")
         self.inflight += 1
         self._idle.clear()
 
     def leave(self) -> None:
+        self.last_activity = time.monotonic()
         self.inflight -= 1
         if self.inflight == 0:
             self._idle.set()
@@ -46,8 +47,8 @@ class Lifecycle:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
             return False
-        # Callers still arriving (and being refused) get time to notice and go elsewhere;
-        # with none arriving, the transport closes at once.
-        while self.last_refused and (wait := min(self.last_refused + quiet, deadline) - time.monotonic()) > 0:
+        # Callers that were active get time to arrive, be refused, and go elsewhere (calls
+        # still in the transport when it closes would be cut off); an idle server closes at once.
+        while (wait := min(self.last_activity + quiet, deadline) - time.monotonic()) > 0:
             await asyncio.sleep(wait)
         return self.inflight == 0
