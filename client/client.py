@@ -65,6 +65,13 @@ class ClientOptions:
             read(self.root_certificates), read(self.client_key), read(self.client_certificate)
         )
 
+    def open_channel(self, api: object) -> object:
+        """A channel from ``grpc`` (blocking) or ``grpc.aio``, secure when TLS is configured."""
+        credentials = self.credentials()
+        if credentials is not None:
+            return api.secure_channel(self.target, credentials, self.channel_options())
+        return api.insecure_channel(self.target, self.channel_options())
+
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
@@ -100,14 +107,7 @@ class Client:
 
     def __init__(self, server: str = "", **options: object) -> None:
         self.options = ClientOptions(server=server, **options)
-        credentials = self.options.credentials()
-        target = self.options.target
-        opts = self.options.channel_options()
-        self.channel = (
-            grpc.secure_channel(target, credentials, opts)
-            if credentials
-            else grpc.insecure_channel(target, opts)
-        )
+        self.channel = self.options.open_channel(grpc)
         self.stub = pb_grpc.ClassifierStub(self.channel)
         self.v2 = v2_grpc.GRPCInferenceServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
@@ -197,14 +197,7 @@ class AsyncClient:
 
     def __init__(self, server: str = "", **options: object) -> None:
         self.options = ClientOptions(server=server, **options)
-        credentials = self.options.credentials()
-        target = self.options.target
-        opts = self.options.channel_options()
-        self.channel = (
-            grpc.aio.secure_channel(target, credentials, opts)
-            if credentials
-            else grpc.aio.insecure_channel(target, opts)
-        )
+        self.channel = self.options.open_channel(grpc.aio)
         self.stub = pb_grpc.ClassifierStub(self.channel)
         self.v2 = v2_grpc.GRPCInferenceServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
