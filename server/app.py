@@ -68,8 +68,8 @@ class MnistServer:
             intra_op_threads=config.intra_op_threads,
             pinned_version=config.model_version,
             on_load=self._on_load,
+            on_install=self._on_install,
         )
-        self.store._on_install.append(self._on_install)
 
     # --- metrics wiring ----------------------------------------------------------------
 
@@ -89,7 +89,7 @@ class MnistServer:
             for wait in waits:
                 queue_wait.observe(wait)
 
-        model.batcher._on_batch = observe
+        model.batcher.on_batch = observe
         store = self.store
         self.metrics.queue_depth.labels(model.name).set_function(
             lambda name=model.name: sum(m.batcher.queue_depth for m in store.models.get(name, {}).values())

@@ -79,7 +79,7 @@ class DynamicBatcher:
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self.enabled = enabled
-        self._on_batch = on_batch
+        self.on_batch = on_batch
         self._chunks: collections.deque[_Chunk] = collections.deque()
         self._pending_requests = 0
         self._wakeup = asyncio.Event()
@@ -193,8 +193,8 @@ class DynamicBatcher:
             self.stats.batches += 1
             self.stats.images += len(images)
             self.stats.batch_sizes[len(images)] += 1
-            if self._on_batch is not None:
-                self._on_batch(len(images), elapsed, waits)
+            if self.on_batch is not None:
+                self.on_batch(len(images), elapsed, waits)
             offset = 0
             for chunk in batch:
                 n = len(chunk.images)

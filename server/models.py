@@ -91,6 +91,7 @@ class ModelStore:
         intra_op_threads: int = 0,
         pinned_version: int | None = None,
         on_load: LoadObserver | None = None,
+        on_install: Callable[[LoadedModel], None] | None = None,
     ) -> None:
         self.repository = Path(repository)
         self.providers = providers
@@ -101,7 +102,7 @@ class ModelStore:
         self.models: dict[str, dict[int, LoadedModel]] = {}
         self.default: dict[str, int] = {}
         self._refused: dict[tuple[str, int], tuple] = {}
-        self._on_install: list[Callable[[LoadedModel], None]] = []
+        self.on_install = on_install
 
     # --- building (runs in a worker thread) ---------------------------------------------
 
@@ -191,8 +192,8 @@ class ModelStore:
         )
         if self.on_load:
             self.on_load(model.name, model.version, True, "")
-        for callback in self._on_install:
-            callback(model)
+        if self.on_install:
+            self.on_install(model)
         if previous is not None and previous.version != model.version:
             del versions[previous.version]
             return previous
