@@ -6,22 +6,10 @@ import asyncio
 import time
 
 import numpy as np
+from stats import summary
 
 from mnist_serving.client import AsyncClient
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
-
-
-def summary(latencies: list[float], counts: dict, elapsed: float) -> dict:
-    ms = np.array(latencies) * 1e3 if latencies else np.zeros(1)
-    return {
-        **counts,
-        "seconds": elapsed,
-        "requests_per_s": counts["requests"] / elapsed,
-        "images_per_s": counts["images"] / elapsed,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p90_ms": float(np.percentile(ms, 90)),
-        "p99_ms": float(np.percentile(ms, 99)),
-    }
 
 
 async def closed_loop(

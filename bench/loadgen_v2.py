@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import tritonclient.grpc.aio as triton
+from stats import summary
 from tritonclient.grpc import InferInput, InferRequestedOutput
 
 
@@ -46,20 +47,7 @@ async def main() -> None:
     await asyncio.gather(*(worker(s) for s in range(concurrency)))
     elapsed = time.perf_counter() - started
     await client.close()
-    ms = np.array(latencies) * 1e3
-    print(
-        json.dumps(
-            {
-                **counts,
-                "seconds": elapsed,
-                "requests_per_s": counts["requests"] / elapsed,
-                "images_per_s": counts["images"] / elapsed,
-                "p50_ms": float(np.percentile(ms, 50)),
-                "p90_ms": float(np.percentile(ms, 90)),
-                "p99_ms": float(np.percentile(ms, 99)),
-            }
-        )
-    )
+    print(json.dumps(summary(latencies, counts, elapsed)))
 
 
 if __name__ == "__main__":

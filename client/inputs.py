@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnist_serving.contract import pixels_from_unit_floats
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 
 ImageLike = object  # str | Path | bytes | numpy array | PIL.Image.Image
@@ -79,7 +80,8 @@ def batch_requests(
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Floats in [0,1] → uint8 pixels, as the server would convert them."""
-    if not np.isfinite(images).all() or images.min() < 0 or images.max() > 1:
-        raise ValueError("float images must be finite and in [0, 1]")
-    return np.rint(images * 255.0).astype(np.uint8)
+    """Floats in [0,1] → uint8 pixels, exactly as the server converts them."""
+    try:
+        return pixels_from_unit_floats(images)
+    except ValueError as exc:
+        raise ValueError(f"float images: {exc}") from None

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnist_serving.contract import pixels_from_unit_floats
 from mnist_serving.idx import IdxError, parse_idx
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
@@ -55,9 +56,10 @@ def _as_images(array: np.ndarray, source: str) -> np.ndarray:
     if array.dtype == np.uint8:
         return array
     if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
-            raise InputError(f"{source}: float images must be finite and in [0, 1]")
-        return np.rint(array * 255).astype(np.uint8)
+        try:
+            return pixels_from_unit_floats(array)
+        except ValueError as exc:
+            raise InputError(f"{source}: float images {exc}") from None
     raise InputError(f"{source}: dtype {array.dtype}; expected uint8, or float in [0, 1]")
 
 

@@ -46,6 +46,20 @@ MODEL_FILENAME = "model.onnx"
 SIDECAR_FILENAME = "model.json"
 
 
+def pixels_from_unit_floats(values: np.ndarray) -> np.ndarray:
+    """Float pixels in [0,1] → the contract's uint8 pixels (x·255 rounded).
+
+    The one conversion used by the server (FP32 and float-pixel inputs) and the client, so
+    both agree on what a float image means. Raises ValueError for NaN, Inf or out-of-range.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    if not np.isfinite(values).all():
+        raise ValueError("contains NaN or Inf; expected finite values in [0, 1]")
+    if values.size and (values.min() < 0.0 or values.max() > 1.0):
+        raise ValueError(f"values range over [{values.min():g}, {values.max():g}]; expected [0, 1]")
+    return np.rint(values * 255.0).astype(np.uint8)
+
+
 def contract_dict() -> dict[str, object]:
     """The contract as recorded in each published model's sidecar and metadata."""
     return {

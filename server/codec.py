@@ -18,6 +18,7 @@ from mnist_serving.contract import (
     NUM_CLASSES,
     OUTPUT_LABEL,
     OUTPUT_PROBABILITIES,
+    pixels_from_unit_floats,
 )
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
@@ -28,14 +29,11 @@ OUTPUT_NAMES = (OUTPUT_PROBABILITIES.name, OUTPUT_LABEL.name)
 
 
 def float_to_pixels(values: np.ndarray, field: str) -> np.ndarray:
-    """[0,1] floats → uint8 pixels (x·255 rounded); NaN, Inf and out-of-range are refused."""
-    if not np.isfinite(values).all():
-        raise InvalidInput(f"{field}: contains NaN or Inf; expected finite values in [0, 1]")
-    if values.size and (values.min() < 0.0 or values.max() > 1.0):
-        raise InvalidInput(
-            f"{field}: values range over [{values.min():g}, {values.max():g}]; expected [0, 1]"
-        )
-    return np.rint(values * 255.0).astype(np.uint8)
+    """[0,1] floats → uint8 pixels; NaN, Inf and out-of-range are InvalidInput naming ``field``."""
+    try:
+        return pixels_from_unit_floats(values)
+    except ValueError as exc:
+        raise InvalidInput(f"{field}: {exc}") from None
 
 
 def _check_count(count: int, max_images: int, field: str) -> None:

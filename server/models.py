@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_serving import model_repository
-from mnist_serving.contract import INPUT, MODEL_FILENAME, MODEL_NAME, NUM_CLASSES, OUTPUTS
+from mnist_serving.contract import MODEL_FILENAME, MODEL_NAME, NUM_CLASSES
 from mnist_serving.server.batcher import DynamicBatcher
 from mnist_serving.server.errors import ModelNotFound, NotReady, StartupError
 from mnist_serving.server.runner import OnnxRunner
@@ -63,10 +63,6 @@ class LoadedModel:
             raise StartupError(f"{where}: probabilities are not finite or do not sum to 1")
         if not np.array_equal(labels, probabilities.argmax(1)):
             raise StartupError(f"{where}: labels are not the argmax of the probabilities")
-
-
-def describe_tensors() -> tuple[list[dict], list[dict]]:
-    return [INPUT.as_dict()], [spec.as_dict() for spec in OUTPUTS]
 
 
 def _check_sidecar(directory: Path, sidecar: dict, model_bytes: bytes) -> None:

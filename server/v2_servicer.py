@@ -7,13 +7,14 @@ from collections.abc import Callable
 import grpc
 
 from mnist_serving import __version__
+from mnist_serving.contract import contract_dict
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from mnist_serving.server import codec
 from mnist_serving.server.errors import ServingError
 from mnist_serving.server.lifecycle import Lifecycle
 from mnist_serving.server.metrics import Metrics
-from mnist_serving.server.models import ModelStore, describe_tensors
+from mnist_serving.server.models import ModelStore
 from mnist_serving.server.rpc import deadline_of, unary
 
 API = "inference"
@@ -68,7 +69,8 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         self, request: v2.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> v2.ModelMetadataResponse:
         model = self.store.get(request.name, request.version)
-        inputs, outputs = describe_tensors()
+        contract = contract_dict()
+        inputs, outputs = contract["inputs"], contract["outputs"]
         versions = sorted(self.store.models[model.name])
         return v2.ModelMetadataResponse(
             name=model.name,
