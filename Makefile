@@ -6,7 +6,7 @@ MODELS ?= models
 RUNS ?= runs
 SERVE_ARGS ?=
 
-.PHONY: run model train export serve test lint protos bench bench-quick soak reliability audit clean
+.PHONY: run model train export serve test compose-test images lint protos bench bench-quick soak reliability audit clean
 
 # Main job: environment → data → train (if no run) → export with parity (if no model) → serve.
 run: model
@@ -49,6 +49,16 @@ test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+# Every image docker-compose.yml uses; offline stand-in bases when Docker Hub is unreachable.
+images:
+	docker/images.sh
+
+# docker-compose.yml end to end on a real Docker engine (started here if installed and idle).
+compose-test: $(VENV)/.installed-dev
+	@engine=$$(docker/engine.sh start); echo "docker engine: $$engine"; \
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m compose tests/test_compose.py; rc=$$?; \
+	if [ "$$engine" = started ]; then docker/engine.sh stop; fi; exit $$rc
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

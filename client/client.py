@@ -111,6 +111,8 @@ class Client:
         self.stub = pb_grpc.ClassifierStub(self.channel)
         self.v2 = v2_grpc.GRPCInferenceServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+        # Attempts repeated after UNAVAILABLE: what a failover cost, for callers' own metrics.
+        self.retries_made = 0
 
     def __enter__(self) -> Client:
         return self
@@ -133,6 +135,7 @@ class Client:
                     raise _error(exc) from None
                 time.sleep(self.options.backoff * (2**attempt) * (0.5 + random.random()))
                 attempt += 1
+                self.retries_made += 1
 
     def classify(
         self, image: ImageLike, probabilities: bool = False, model: str = "", version: str = ""
@@ -201,6 +204,8 @@ class AsyncClient:
         self.stub = pb_grpc.ClassifierStub(self.channel)
         self.v2 = v2_grpc.GRPCInferenceServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+        # Attempts repeated after UNAVAILABLE: what a failover cost, for callers' own metrics.
+        self.retries_made = 0
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -221,6 +226,7 @@ class AsyncClient:
                     raise _error(exc) from None
                 await asyncio.sleep(self.options.backoff * (2**attempt) * (0.5 + random.random()))
                 attempt += 1
+                self.retries_made += 1
 
     async def classify(
         self, image: ImageLike, probabilities: bool = False, model: str = "", version: str = ""

@@ -18,6 +18,14 @@ from pathlib import Path
 from mnist_serving.contract import MODEL_FILENAME, SIDECAR_FILENAME
 
 _VERSION_DIR = re.compile(r"^[1-9][0-9]{0,8}$")
+# The highest version ever published under a model, kept beside the versions so that a
+# deleted version's number is never given to a different model (clients pin versions).
+HIGHEST_VERSION_FILE = ".highest-version"
+
+
+def env_flag(name: str) -> bool:
+    """A boolean switch from the environment: 1/true/yes/on; empty or unset is off."""
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def model_dir(root: str | Path, name: str) -> Path:
@@ -32,6 +40,28 @@ def list_versions(root: str | Path, name: str) -> list[int]:
     return sorted(
         int(entry.name) for entry in directory.iterdir() if _VERSION_DIR.match(entry.name) and entry.is_dir()
     )
+
+
+def highest_version(root: str | Path, name: str) -> int:
+    """The highest version ever published (deleted ones included), 0 for none."""
+    directory = model_dir(root, name)
+    versions = list_versions(root, name)
+    try:
+        recorded = int((directory / HIGHEST_VERSION_FILE).read_text().strip() or 0)
+    except (OSError, ValueError):
+        recorded = 0
+    return max([recorded, *versions])
+
+
+def _record_highest(root: str | Path, name: str, version: int) -> None:
+    directory = model_dir(root, name)
+    if highest_version(root, name) > version:
+        return
+    fd, temp = tempfile.mkstemp(prefix=".highest-", dir=directory)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f"{version}\n")
+    os.chmod(temp, 0o644)
+    os.replace(temp, directory / HIGHEST_VERSION_FILE)
 
 
 def version_dir(root: str | Path, name: str, version: int) -> Path:
@@ -56,8 +86,7 @@ def publish(root: str | Path, name: str, write: Callable[[Path, int], None]) -> 
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=directory))
     try:
         while True:
-            existing = list_versions(root, name)
-            version = (existing[-1] + 1) if existing else 1
+            version = highest_version(root, name) + 1
             write(staging, version)
             for required in (MODEL_FILENAME, SIDECAR_FILENAME):
                 if not (staging / required).is_file():
@@ -70,6 +99,7 @@ def publish(root: str | Path, name: str, write: Callable[[Path, int], None]) -> 
                 if target.exists():
                     continue
                 raise
+            _record_highest(root, name, version)
             return version, target
     finally:
         if staging.exists():

@@ -1,6 +1,8 @@
-# syntax=docker/dockerfile:1
 # mnist-serve on NVIDIA GPUs: onnxruntime-gpu on a CUDA 12 / cuDNN 9 runtime. No torch.
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS base
+# CUDA_BASE: the NVIDIA runtime image or a registry mirror's copy (no offline stand-in:
+# CUDA is not in Debian's main archive).
+ARG CUDA_BASE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+FROM ${CUDA_BASE} AS base
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
@@ -15,12 +17,16 @@ COPY export/ export/
 COPY server/ server/
 COPY client/ client/
 COPY protos/ protos/
-RUN python3 -m venv /opt/venv \
+RUN --mount=type=secret,id=ca_bundle \
+    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+    && python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir ".[serve-gpu,client]"
 
 FROM base
 COPY --from=build /opt/venv /opt/venv
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin mnist
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin mnist \
+    && mkdir -p /models \
+    && chown 10001:10001 /models
 USER 10001
 ENV PATH=/opt/venv/bin:$PATH \
     MNIST_SERVING_MODEL_REPOSITORY=/models \

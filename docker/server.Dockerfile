@@ -1,6 +1,8 @@
-# syntax=docker/dockerfile:1
 # mnist-serve: onnxruntime (CPU), grpcio and the server. No torch.
-FROM python:3.11.11-slim-bookworm AS build
+# PYTHON_BASE: any Debian-based image with python3 3.11 and venv (the official one, a
+# registry mirror's copy, or the offline stand-in from docker/base/build-offline.sh).
+ARG PYTHON_BASE=python:3.11.11-slim-bookworm
+FROM ${PYTHON_BASE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY common/ common/
@@ -9,15 +11,22 @@ COPY export/ export/
 COPY server/ server/
 COPY client/ client/
 COPY protos/ protos/
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[serve,client]"
+# The host's CA bundle (build secret `ca_bundle`, optional) lets pip through TLS-inspecting
+# proxies with verification on.
+RUN --mount=type=secret,id=ca_bundle \
+    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+    && python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir ".[serve,client]"
 
-FROM python:3.11.11-slim-bookworm
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels "mnist-serving[serve,client]==0.1.0" \
-    && rm -rf /wheels \
-    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin mnist
+FROM ${PYTHON_BASE}
+COPY --from=build /opt/venv /opt/venv
+# /models is created owned by the service user, so a fresh named volume mounted there is too.
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin mnist \
+    && mkdir -p /models \
+    && chown 10001:10001 /models
 USER 10001
-ENV MNIST_SERVING_MODEL_REPOSITORY=/models \
+ENV PATH=/opt/venv/bin:$PATH \
+    MNIST_SERVING_MODEL_REPOSITORY=/models \
     MNIST_SERVING_PORT=50051 \
     MNIST_SERVING_METRICS_PORT=8000 \
     PYTHONUNBUFFERED=1

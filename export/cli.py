@@ -27,6 +27,7 @@ from mnist_serving.export.parity import ParityError, ParityReport, check_parity
 from mnist_serving.export.quantize import compare, quantize_int8
 from mnist_serving.export.serving_model import load_serving_model
 from mnist_serving.mnist_data import DataError, Mnist, load_mnist
+from mnist_serving.model_repository import env_flag
 
 CHECKPOINT = "model.pt"
 
@@ -175,12 +176,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="do nothing (exit 0) when --model-repository already has a published model",
     )
+    parser.add_argument(
+        "--new-version",
+        action="store_true",
+        default=env_flag("MNIST_SERVING_NEW_VERSION"),
+        help="publish even when --skip-if-published finds a model (env MNIST_SERVING_NEW_VERSION=1)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.skip_if_published:
+    if args.skip_if_published and not args.new_version:
         published = model_repository.published_model(args.model_repository, MODEL_NAME)
         if published is not None:
             print(f"model already published ({published}); skipping export")

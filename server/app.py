@@ -108,6 +108,7 @@ class MnistServer:
 
     async def start(self) -> None:
         """Open the port (health NOT_SERVING), then load and warm up, then turn SERVING."""
+        self.store.check_repository()
         await self.start_transport()
         await self.load_models()
 
@@ -159,7 +160,9 @@ class MnistServer:
         if self.port == 0:
             raise OSError(f"cannot bind {address}")
         if config.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve_http(config.metrics_port)
+            self.metrics_port = self.metrics.serve_http(
+                config.metrics_port, ready=lambda: self.ready and self.lifecycle.accepting
+            )
             print(f"serving metrics on {config.host}:{self.metrics_port}", flush=True)
         await self.server.start()
         security_mode = ("mutual TLS" if config.tls_client_ca else "TLS") if credentials else "plaintext"

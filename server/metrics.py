@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+import threading
+from collections.abc import Callable
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -68,7 +73,32 @@ class Metrics:
             "mnist_serving_model", "The model version and execution provider serving.", registry=r
         )
 
-    def serve_http(self, port: int, addr: str = "0.0.0.0") -> int:
-        """Expose /metrics; returns the bound port (useful with port 0)."""
-        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+    def serve_http(self, port: int, addr: str = "0.0.0.0", ready: Callable[[], bool] | None = None) -> int:
+        """Expose /metrics and /ready; returns the bound port (useful with port 0).
+
+        /ready answers 200 only while the server takes calls (model loaded, not draining),
+        so an HTTP-checking load balancer stops sending calls to a replica that drains.
+        """
+        metrics_app = make_wsgi_app(self.registry)
+
+        def app(environ: dict, start_response: Callable) -> list[bytes]:
+            if environ.get("PATH_INFO") == "/ready":
+                ok = ready is None or ready()
+                start_response(
+                    "200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")]
+                )
+                return [b"SERVING\n" if ok else b"NOT_SERVING\n"]
+            return metrics_app(environ, start_response)
+
+        server = make_server(addr, port, app, _ThreadingServer, handler_class=_QuietHandler)
+        threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
         return server.server_port
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """Scrapes and health checks every second would flood the logs."""

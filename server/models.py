@@ -195,8 +195,12 @@ class ModelStore:
             return previous
         return None
 
-    def load_initial(self) -> list[LoadedModel]:
-        """Start-up: build every wanted model (in the caller's thread); 'mnist' is required."""
+    def check_repository(self) -> None:
+        """Before the port opens: a repository without 'mnist' is a configuration error.
+
+        The process exits 2 without ever binding, so a supervisor sees a clear failure
+        instead of a server that listens, then dies.
+        """
         if not self.repository.is_dir():
             raise StartupError(
                 f"--model-repository {self.repository}: no such directory; "
@@ -213,6 +217,11 @@ class ModelStore:
                 f"--model-repository {self.repository}: no published '{MODEL_NAME}' model "
                 f"(expected {self.repository}/{MODEL_NAME}/<version>/{MODEL_FILENAME})"
             )
+
+    def load_initial(self) -> list[LoadedModel]:
+        """Start-up: build every wanted model (in the caller's thread); 'mnist' is required."""
+        self.check_repository()
+        wanted = self.wanted()
         built = []
         for name, version in wanted.items():
             if name == MODEL_NAME:

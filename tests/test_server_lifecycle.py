@@ -88,6 +88,44 @@ def test_health_is_not_serving_until_the_model_is_loaded(model_repository):
     assert after == health_pb2.HealthCheckResponse.SERVING
 
 
+def _ready_status(port: int) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_ready_endpoint_is_200_only_while_taking_calls(model_repository):
+    """What an HTTP-checking load balancer (the compose `lb`) reads: loading, serving, draining."""
+
+    async def go():
+        server = MnistServer(
+            ServerConfig(model_repository=model_repository, host="127.0.0.1", port=0, metrics_port=0)
+        )
+        loop = asyncio.get_running_loop()
+        await server.start_transport()
+        loading = await loop.run_in_executor(None, _ready_status, server.metrics_port)
+        await server.load_models()
+        serving = await loop.run_in_executor(None, _ready_status, server.metrics_port)
+        await server.stop()
+        stopped = await loop.run_in_executor(None, _ready_status, server.metrics_port)
+        return loading, serving, stopped
+
+    assert asyncio.run(go()) == (503, 200, 503)
+
+
+def test_no_published_model_exits_2_before_opening_the_port(tmp_path):
+    (tmp_path / "models" / "mnist").mkdir(parents=True)
+    done = _serve(["--model-repository", str(tmp_path / "models"), "--port", "0", "--metrics-port", "-1"])
+    assert done.returncode == 2
+    assert "no published 'mnist' model" in done.stderr and "Traceback" not in done.stderr
+    assert "serving gRPC" not in done.stdout  # never listened, so no supervisor sees it up
+
+
 def test_overload_answers_resource_exhausted_then_recovers(model_repository, mnist, tmp_path):
     server = ServerProcess(
         model_repository, "--max-queue", "2", "--max-batch-size", "64", log_path=tmp_path / "log"

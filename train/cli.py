@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 from mnist_serving import model_repository
 from mnist_serving.contract import MODEL_NAME
 from mnist_serving.mnist_data import DataError, load_mnist
+from mnist_serving.model_repository import env_flag
 from mnist_serving.train import artifacts
 from mnist_serving.train.model import MnistMLP, Normalize, summary
 from mnist_serving.train.recipes import RECIPES, get_recipe
@@ -35,7 +37,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="default",
         help="'seed' reproduces the Keras walk-through; 'default' is the better one",
     )
-    parser.add_argument("--epochs", type=int, help="override the recipe's epoch count")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=_env_int("MNIST_SERVING_TRAIN_EPOCHS"),
+        help="override the recipe's epoch count (env MNIST_SERVING_TRAIN_EPOCHS; empty: the recipe's)",
+    )
     parser.add_argument("--batch-size", type=int, help="override the recipe's batch size")
     parser.add_argument("--lr", type=float, help="override the recipe's (peak) learning rate")
     parser.add_argument(
@@ -60,7 +67,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="MODEL_REPOSITORY",
         help="do nothing (exit 0) when this repository already has a published model",
     )
+    parser.add_argument(
+        "--new-version",
+        action="store_true",
+        default=env_flag("MNIST_SERVING_NEW_VERSION"),
+        help="train even when --skip-if-published finds a model (env MNIST_SERVING_NEW_VERSION=1)",
+    )
     return parser.parse_args(argv)
+
+
+def _env_int(name: str) -> int | None:
+    """An optional integer from the environment; empty means unset (compose passes empty)."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"mnist-train: {name}={value!r}: expected an integer") from None
 
 
 def new_run_dir(runs_dir: Path, recipe: str) -> Path:
@@ -77,7 +101,7 @@ def new_run_dir(runs_dir: Path, recipe: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.skip_if_published is not None:
+    if args.skip_if_published is not None and not args.new_version:
         published = model_repository.published_model(args.skip_if_published, MODEL_NAME)
         if published is not None:
             print(f"model already published ({published}); skipping training")
