@@ -39,6 +39,7 @@ PIN
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q -t trixie docker.io docker-buildx docker-compose
     fi
     if ! command -v debootstrap >/dev/null; then
+        apt-get update -q
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap
     fi
 }
