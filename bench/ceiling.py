@@ -7,7 +7,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from mnist_serving.contract import INPUT
+from mnist_serving.common.contract import INPUT
 
 BATCHES = (1, 8, 64, 256, 1024)
 

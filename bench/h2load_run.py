@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnist_serving.common.contract import MODEL_NAME
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
 
 PATH = "/inference.GRPCInferenceService/ModelInfer"
@@ -21,7 +22,7 @@ PATH = "/inference.GRPCInferenceService/ModelInfer"
 
 def request_bytes(image: np.ndarray) -> bytes:
     """A gRPC-framed ModelInferRequest: 0 (uncompressed), 4-byte big-endian length, message."""
-    request = v2.ModelInferRequest(model_name="mnist", raw_input_contents=[image.tobytes()])
+    request = v2.ModelInferRequest(model_name=MODEL_NAME, raw_input_contents=[image.tobytes()])
     request.inputs.add(name="image", datatype="UINT8", shape=[1, 28, 28])
     message = request.SerializeToString()
     return b"\x00" + struct.pack(">I", len(message)) + message

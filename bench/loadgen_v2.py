@@ -15,6 +15,8 @@ import tritonclient.grpc.aio as triton
 from stats import summary
 from tritonclient.grpc import InferInput, InferRequestedOutput
 
+from mnist_serving.common.contract import MODEL_NAME
+
 
 async def main() -> None:
     address, concurrency, batch, seconds, images_path, labels_path = sys.argv[1:7]
@@ -33,7 +35,7 @@ async def main() -> None:
             x.set_data_from_numpy(images[start : start + batch])
             t = time.perf_counter()
             try:
-                result = await client.infer("mnist", [x], outputs=[InferRequestedOutput("label")])
+                result = await client.infer(MODEL_NAME, [x], outputs=[InferRequestedOutput("label")])
                 labels = result.as_numpy("label").reshape(-1)
                 counts["wrong"] += int((labels != expected[start : start + batch]).sum())
             except Exception:

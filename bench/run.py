@@ -35,8 +35,9 @@ import ceiling  # noqa: E402
 import h2load_run  # noqa: E402
 import loadgen_own  # noqa: E402
 
-from mnist_serving import model_repository  # noqa: E402
-from mnist_serving.mnist_data import load_mnist  # noqa: E402
+from mnist_serving.common import model_repository  # noqa: E402
+from mnist_serving.common.contract import MODEL_NAME  # noqa: E402
+from mnist_serving.common.mnist_data import load_mnist  # noqa: E402
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2  # noqa: E402
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2_grpc as v2_grpc  # noqa: E402
 
@@ -74,7 +75,7 @@ class Server:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"{self.name} exited; see {log}")
                 try:
-                    if stub.ModelReady(v2.ModelReadyRequest(name="mnist"), timeout=2).ready:
+                    if stub.ModelReady(v2.ModelReadyRequest(name=MODEL_NAME), timeout=2).ready:
                         return
                 except grpc.RpcError:
                     pass
@@ -146,7 +147,7 @@ def servers(model: Path, peers: list[str], quick: bool = False) -> list[Server]:
         (workdir / "model-settings.json").write_text(
             json.dumps(
                 {
-                    "name": "mnist",
+                    "name": MODEL_NAME,
                     "implementation": "mlserver_runtime.OnnxMnist",
                     "parameters": {"uri": str(model)},
                 }
@@ -215,7 +216,7 @@ def run_v2(address: str, concurrency: int, batch: int, seconds: float, data: dic
 
 
 def sitting(args: argparse.Namespace) -> dict:
-    model = args.model or model_repository.published_model(ROOT / "models", "mnist")
+    model = args.model or model_repository.published_model(ROOT / "models", MODEL_NAME)
     if model is None:
         raise SystemExit("no published model: run `make run` (or mnist-train && mnist-export) first")
     model = Path(model).resolve()
@@ -277,7 +278,7 @@ def sitting(args: argparse.Namespace) -> dict:
 
 def answer_check(address: str, image: np.ndarray, label: np.ndarray) -> bool:
     """The h2load request, sent once through gRPC: is it answered, and rightly?"""
-    request = v2.ModelInferRequest(model_name="mnist", raw_input_contents=[image.tobytes()])
+    request = v2.ModelInferRequest(model_name=MODEL_NAME, raw_input_contents=[image.tobytes()])
     request.inputs.add(name="image", datatype="UINT8", shape=[1, 28, 28])
     with grpc.insecure_channel(address) as channel:
         response = v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)

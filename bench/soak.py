@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from mnist_serving.common.contract import MODEL_NAME
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
@@ -84,7 +85,7 @@ async def _caller(
                         ]
                     )
                 else:
-                    request = v2.ModelInferRequest(model_name="mnist", raw_input_contents=[part.tobytes()])
+                    request = v2.ModelInferRequest(model_name=MODEL_NAME, raw_input_contents=[part.tobytes()])
                     request.inputs.add(name="image", datatype="UINT8", shape=[n, 28, 28])
                     request.outputs.add(name="label")
                     r = await infer.ModelInfer(request, timeout=30)
@@ -154,13 +155,13 @@ def main() -> int:
     args = parser.parse_args()
     import onnxruntime as ort
 
-    from mnist_serving import model_repository
-    from mnist_serving.mnist_data import load_mnist
+    from mnist_serving.common import model_repository
+    from mnist_serving.common.mnist_data import load_mnist
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from tests.server_process import ServerProcess
 
-    model = model_repository.published_model(args.model_repository, "mnist")
+    model = model_repository.published_model(args.model_repository, MODEL_NAME)
     mnist = load_mnist()
     expected = ort.InferenceSession(str(model)).run(["label"], {"image": mnist.x_test})[0]
     server = ServerProcess(args.model_repository, "--log-level", "WARNING")

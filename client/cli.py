@@ -4,6 +4,10 @@ mnist-classify digit.png scans/ train-images-idx3-ubyte.gz arrays.npy
 mnist-classify --mnist-test --format jsonl --output results.jsonl
 mnist-classify health
 mnist-classify info
+
+Images the server cannot classify (undecodable, wrong size) become rows with an `error`.
+Exit codes: 0 every image classified; 3 some could not be (see the error rows);
+1 the server or transport failed; 2 bad usage or unreadable input.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from tqdm import tqdm
 from mnist_serving.client.client import DEFAULT_SERVER, Client
 from mnist_serving.client.results import BatchResult, ClassifyError
 from mnist_serving.client.sources import Batch, InputError, expand, read_file
-from mnist_serving.idx import IdxError, read_idx
+from mnist_serving.common.contract import MODEL_NAME, NUM_CLASSES
+from mnist_serving.common.idx import IdxError, read_idx
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 
 
@@ -80,32 +85,43 @@ def classify_parser() -> argparse.ArgumentParser:
 
 
 class Writer:
-    """CSV or JSON Lines rows: source, index, label, confidence[, probabilities]."""
+    """CSV or JSON Lines rows: source, index, label, confidence[, probabilities], error.
+
+    An image the server could not classify gets a row too: no label or confidence, and the
+    reason in ``error``; ``failed`` counts them.
+    """
 
     def __init__(self, out: TextIO, fmt: str, probabilities: bool) -> None:
         self.out, self.fmt, self.probabilities = out, fmt, probabilities
+        self.failed = 0
         if fmt == "csv":
             self.csv = csv.writer(out)
             header = ["source", "index", "label", "confidence"]
-            self.csv.writerow(header + ([f"p{d}" for d in range(10)] if probabilities else []))
+            probs = [f"p{d}" for d in range(NUM_CLASSES)] if probabilities else []
+            self.csv.writerow([*header, *probs, "error"])
 
     def rows(self, sources: list[str], indices: list[int] | np.ndarray, result: BatchResult) -> None:
         labels, confidences, probs = result.labels, result.confidences, result.probabilities
         for i, (source, index) in enumerate(zip(sources, indices, strict=True)):
+            error = result.errors.get(i)
+            self.failed += error is not None
             if self.fmt == "csv":
+                if error is not None:
+                    empty = [""] * (NUM_CLASSES if self.probabilities else 0)
+                    self.csv.writerow([source, int(index), "", "", *empty, error])
+                    continue
                 row = [source, int(index), int(labels[i]), f"{confidences[i]:.6f}"]
                 if self.probabilities:
                     row += [f"{p:.6f}" for p in probs[i]]
-                self.csv.writerow(row)
+                self.csv.writerow([*row, ""])
             else:
-                entry = {
-                    "source": source,
-                    "index": int(index),
-                    "label": int(labels[i]),
-                    "confidence": round(float(confidences[i]), 6),
-                }
-                if self.probabilities:
-                    entry["probabilities"] = [round(float(p), 6) for p in probs[i]]
+                entry = {"source": source, "index": int(index)}
+                if error is not None:
+                    entry.update(label=None, confidence=None, error=error)
+                else:
+                    entry.update(label=int(labels[i]), confidence=round(float(confidences[i]), 6))
+                    if self.probabilities:
+                        entry["probabilities"] = [round(float(p), 6) for p in probs[i]]
                 self.out.write(json.dumps(entry) + "\n")
 
 
@@ -118,7 +134,7 @@ def _load_labels(path: Path) -> np.ndarray:
 def _batches(args: argparse.Namespace) -> list[Batch]:
     batches: list[Batch] = []
     if args.mnist_test:
-        from mnist_serving.mnist_data import load_mnist
+        from mnist_serving.common.mnist_data import load_mnist
 
         data = load_mnist()
         batches.append(Batch("mnist-test", array=data.x_test, labels=data.y_test))
@@ -186,8 +202,9 @@ def run_classify(args: argparse.Namespace) -> int:
                     )
                     labels = batch.labels
                 if labels is not None:
-                    known += len(labels)
-                    correct += int((result.labels == np.asarray(labels, dtype=np.int64)).sum())
+                    classified = result.labels >= 0
+                    known += int(classified.sum())
+                    correct += int((result.labels == np.asarray(labels, dtype=np.int64))[classified].sum())
     finally:
         bar.close()
         if args.output:
@@ -196,8 +213,10 @@ def run_classify(args: argparse.Namespace) -> int:
     summary = f"{total} images in {seconds:.2f} s ({total / seconds:,.0f} images/s)"
     if known:
         summary += f"; accuracy {correct / known:.4f} ({correct}/{known})"
+    if writer.failed:
+        summary += f"; {writer.failed} could not be classified (rows with an error)"
     print(summary, file=sys.stderr)
-    return 0
+    return 3 if writer.failed else 0
 
 
 def run_health(argv: list[str]) -> int:
@@ -215,7 +234,7 @@ def run_health(argv: list[str]) -> int:
 
 def run_info(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="mnist-classify info", description="Server and model metadata.")
-    parser.add_argument("--model", default="mnist")
+    parser.add_argument("--model", default=MODEL_NAME)
     _connection_args(parser)
     args = parser.parse_args(argv)
     with _client(args) as client:

@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mnist_serving.client.inputs import ImageLike, batch_requests, to_image
 from mnist_serving.client.results import BatchResult, ClassifyError, Prediction
+from mnist_serving.common.contract import MODEL_NAME, NUM_CLASSES
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
@@ -92,10 +93,17 @@ def _merge(responses: Sequence[pb.ClassifyBatchResponse], probabilities: bool) -
     probs = None
     if probabilities:
         probs = np.concatenate(
-            [np.frombuffer(r.probabilities, dtype="<f4").reshape(-1, 10) for r in responses]
+            [np.frombuffer(r.probabilities, dtype="<f4").reshape(-1, NUM_CLASSES) for r in responses]
         )
+    errors: dict[int, str] = {}
+    offset = 0
+    for response in responses:
+        for error in response.errors:
+            errors[offset + error.index] = f"{error.code}: {error.message}"
+        offset += response.count
+    labels[list(errors)] = -1  # the server's NO_LABEL byte: not classified
     last = responses[-1] if responses else pb.ClassifyBatchResponse()
-    return BatchResult(labels, confidences, probs, last.model_name, last.model_version)
+    return BatchResult(labels, confidences, probs, last.model_name, last.model_version, errors)
 
 
 def _retryable(exc: grpc.RpcError) -> bool:
@@ -191,7 +199,7 @@ class Client:
     def server_metadata(self) -> v2.ServerMetadataResponse:
         return self._call(self.v2.ServerMetadata, v2.ServerMetadataRequest())
 
-    def model_metadata(self, name: str = "mnist", version: str = "") -> v2.ModelMetadataResponse:
+    def model_metadata(self, name: str = MODEL_NAME, version: str = "") -> v2.ModelMetadataResponse:
         return self._call(self.v2.ModelMetadata, v2.ModelMetadataRequest(name=name, version=version))
 
 
@@ -266,5 +274,5 @@ class AsyncClient:
     async def server_metadata(self) -> v2.ServerMetadataResponse:
         return await self._call(self.v2.ServerMetadata, v2.ServerMetadataRequest())
 
-    async def model_metadata(self, name: str = "mnist", version: str = "") -> v2.ModelMetadataResponse:
+    async def model_metadata(self, name: str = MODEL_NAME, version: str = "") -> v2.ModelMetadataResponse:
         return await self._call(self.v2.ModelMetadata, v2.ModelMetadataRequest(name=name, version=version))

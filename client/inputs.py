@@ -7,15 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_serving.contract import pixels_from_unit_floats
+from mnist_serving.common.contract import IMAGE_HEIGHT, IMAGE_SHAPE, IMAGE_WIDTH, pixels_from_unit_floats
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 
 ImageLike = object  # str | Path | bytes | numpy array | PIL.Image.Image
 
 
 def _array_image(array: np.ndarray) -> pb.Image:
-    if array.shape != (28, 28):
-        raise ValueError(f"array image has shape {array.shape}; expected (28, 28)")
+    if array.shape != IMAGE_SHAPE:
+        raise ValueError(f"array image has shape {array.shape}; expected {IMAGE_SHAPE}")
     if array.dtype == np.uint8:
         return pb.Image(raw=np.ascontiguousarray(array).tobytes())
     if np.issubdtype(array.dtype, np.floating):
@@ -36,7 +36,7 @@ def to_image(item: ImageLike) -> pb.Image:
     if type(item).__module__.startswith("PIL."):
         import io
 
-        if item.size == (28, 28) and item.mode == "L":
+        if item.size == (IMAGE_WIDTH, IMAGE_HEIGHT) and item.mode == "L":
             return pb.Image(raw=np.asarray(item, dtype=np.uint8).tobytes())
         buffer = io.BytesIO()
         item.save(buffer, format="PNG")
@@ -53,8 +53,10 @@ def batch_requests(
 ) -> Iterable[pb.ClassifyBatchRequest]:
     """Cut a batch into requests of at most ``chunk`` images; uint8 arrays travel packed."""
     if isinstance(images, np.ndarray) and images.ndim == 3:
-        if images.shape[1:] != (28, 28):
-            raise ValueError(f"array batch has shape {images.shape}; expected (N, 28, 28)")
+        if images.shape[1:] != IMAGE_SHAPE:
+            raise ValueError(
+                f"array batch has shape {images.shape}; expected (N, {IMAGE_HEIGHT}, {IMAGE_WIDTH})"
+            )
         if images.dtype != np.uint8:
             if not np.issubdtype(images.dtype, np.floating):
                 raise ValueError(f"array batch has dtype {images.dtype}; expected uint8 or float")

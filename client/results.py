@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -22,11 +22,12 @@ class Prediction:
 class BatchResult:
     """Many answers as arrays (no per-image objects): what batch jobs want."""
 
-    labels: np.ndarray  # int64 [N]
-    confidences: np.ndarray  # float32 [N]
+    labels: np.ndarray  # int64 [N]; -1 for an item listed in errors
+    confidences: np.ndarray  # float32 [N]; 0 for an item listed in errors
     probabilities: np.ndarray | None  # float32 [N,10] when requested
     model_name: str
     model_version: str
+    errors: dict[int, str] = field(default_factory=dict)  # index → "CODE: message"
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_serving.contract import pixels_from_unit_floats
-from mnist_serving.idx import IdxError, parse_idx
+from mnist_serving.common.contract import IMAGE_PIXELS, IMAGE_SHAPE, pixels_from_unit_floats
+from mnist_serving.common.idx import IdxError, parse_idx
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
@@ -45,11 +45,11 @@ def _is_idx(data: bytes) -> bool:
 
 
 def _as_images(array: np.ndarray, source: str) -> np.ndarray:
-    if array.ndim == 2 and array.shape == (28, 28):
+    if array.ndim == 2 and array.shape == IMAGE_SHAPE:
         array = array[None]
-    if array.ndim == 2 and array.shape[1] == 784:
-        array = array.reshape(-1, 28, 28)
-    if array.ndim != 3 or array.shape[1:] != (28, 28):
+    if array.ndim == 2 and array.shape[1] == IMAGE_PIXELS:
+        array = array.reshape(-1, *IMAGE_SHAPE)
+    if array.ndim != 3 or array.shape[1:] != IMAGE_SHAPE:
         raise InputError(
             f"{source}: array of shape {list(array.shape)}; expected [N,28,28], [N,784] or [28,28]"
         )
@@ -83,7 +83,7 @@ def _from_bytes(data: bytes, source: str, path: Path | None = None) -> Batch | N
     if data[:4] == b"PK\x03\x04" and source.endswith(".npz"):
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-        images = next((a for k, a in arrays.items() if a.ndim in (2, 3) and a.size % 784 == 0), None)
+        images = next((a for k, a in arrays.items() if a.ndim in (2, 3) and a.size % IMAGE_PIXELS == 0), None)
         if images is None:
             raise InputError(f"{source}: no [N,28,28] array inside")
         labels = next((arrays[k] for k in ("labels", "y", "y_test", "y_train") if k in arrays), None)

@@ -18,8 +18,11 @@ INT8_MODEL_NAME = "mnist-int8"
 
 IMAGE_HEIGHT = 28
 IMAGE_WIDTH = 28
+IMAGE_SHAPE = (IMAGE_HEIGHT, IMAGE_WIDTH)
 IMAGE_PIXELS = IMAGE_HEIGHT * IMAGE_WIDTH
 NUM_CLASSES = 10
+NO_LABEL = 255
+"""The label byte of an item that could not be classified (packed uint8 labels of a batch)."""
 OPSET = 18
 
 

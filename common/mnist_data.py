@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_serving.idx import IdxError, parse_idx
+from mnist_serving.common.contract import IMAGE_SHAPE
+from mnist_serving.common.idx import IdxError, parse_idx
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,9 @@ ARRAY_SHA256 = {
     "y_test": "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5",
 }
 SHAPES = {
-    "x_train": (60000, 28, 28),
+    "x_train": (60000, *IMAGE_SHAPE),
     "y_train": (60000,),
-    "x_test": (10000, 28, 28),
+    "x_test": (10000, *IMAGE_SHAPE),
     "y_test": (10000,),
 }
 
@@ -220,7 +221,7 @@ def arrays_from_hub_pickle(pickle_gz: bytes, source: str) -> dict[str, np.ndarra
     for part_name, part in zip(("train", "valid", "test"), payload, strict=True):
         if not (isinstance(part, tuple) and len(part) == 2):
             raise DataError(f"{source}: {part_name} is not an (images, labels) pair")
-        images = _from_unit_float(part[0], f"{part_name} images", source).reshape(-1, 28, 28)
+        images = _from_unit_float(part[0], f"{part_name} images", source).reshape(-1, *IMAGE_SHAPE)
         labels = np.asarray(part[1])
         if labels.ndim != 1 or labels.min() < 0 or labels.max() > 9:
             raise DataError(f"{source}: {part_name} labels are not digits 0-9")

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from mnist_serving.contract import MODEL_FILENAME, SIDECAR_FILENAME
+from mnist_serving.common.contract import MODEL_FILENAME, SIDECAR_FILENAME
 
 _VERSION_DIR = re.compile(r"^[1-9][0-9]{0,8}$")
 # The highest version ever published under a model, kept beside the versions so that a

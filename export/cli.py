@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from mnist_serving import model_repository
-from mnist_serving.contract import (
+from mnist_serving.common import model_repository
+from mnist_serving.common.contract import (
     INT8_MODEL_NAME,
     MODEL_FILENAME,
     MODEL_NAME,
@@ -22,12 +22,12 @@ from mnist_serving.contract import (
     SIDECAR_FILENAME,
     contract_dict,
 )
+from mnist_serving.common.mnist_data import DataError, Mnist, load_mnist
+from mnist_serving.common.model_repository import env_flag
 from mnist_serving.export.onnx_export import ExportError, export_onnx
 from mnist_serving.export.parity import ParityError, ParityReport, check_parity
 from mnist_serving.export.quantize import compare, quantize_int8
 from mnist_serving.export.serving_model import load_serving_model
-from mnist_serving.mnist_data import DataError, Mnist, load_mnist
-from mnist_serving.model_repository import env_flag
 
 CHECKPOINT = "model.pt"
 

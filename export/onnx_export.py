@@ -9,7 +9,7 @@ import warnings
 import onnx
 import torch
 
-from mnist_serving.contract import INPUT, OPSET, OUTPUT_LABEL, OUTPUT_PROBABILITIES
+from mnist_serving.common.contract import IMAGE_SHAPE, INPUT, OPSET, OUTPUT_LABEL, OUTPUT_PROBABILITIES
 from mnist_serving.export.serving_model import ServingModel
 
 
@@ -20,7 +20,7 @@ class ExportError(RuntimeError):
 def export_onnx(model: ServingModel) -> onnx.ModelProto:
     """Export to an in-memory, single-file ONNX model and check it against the contract."""
     model.eval()
-    example = torch.zeros((2, 28, 28), dtype=torch.uint8)
+    example = torch.zeros((2, *IMAGE_SHAPE), dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registration_log.level

@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from mnist_serving.contract import INPUT, OUTPUT_LABEL, OUTPUT_PROBABILITIES
+from mnist_serving.common.contract import INPUT, OUTPUT_LABEL, OUTPUT_PROBABILITIES
 
 MAX_ABS_DIFF = 1e-5
 

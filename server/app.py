@@ -14,8 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from mnist_serving import __version__
-from mnist_serving.contract import MODEL_NAME
+from mnist_serving.common import __version__
+from mnist_serving.common.contract import MODEL_NAME
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
@@ -23,10 +23,11 @@ from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
 from mnist_serving.server import security
 from mnist_serving.server.classifier_servicer import ClassifierServicer
 from mnist_serving.server.config import ServerConfig
+from mnist_serving.server.dataplane import DataPlane
 from mnist_serving.server.errors import StartupError
-from mnist_serving.server.lifecycle import Lifecycle
+from mnist_serving.server.grpc_adapter import DataPlaneInterceptor
 from mnist_serving.server.metrics import Metrics
-from mnist_serving.server.models import LoadedModel, ModelStore
+from mnist_serving.server.models import ModelStore
 from mnist_serving.server.runner import select_providers
 from mnist_serving.server.v2_servicer import InferenceServicer
 
@@ -45,7 +46,6 @@ class MnistServer:
         self.config = config
         self.reuse_port = reuse_port
         self.metrics = Metrics()
-        self.ready = False
         self.health = health_aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
@@ -54,55 +54,25 @@ class MnistServer:
         self._signals = 0
         self._watcher: asyncio.Task | None = None
         self._retiring: set[asyncio.Task] = set()
-        self.lifecycle = Lifecycle()
-        self.metrics.inflight.set_function(lambda: self.lifecycle.inflight)
         self.store = ModelStore(
             config.model_repository,
             select_providers(config.device),
-            batcher_options={
-                "max_batch_size": config.max_batch_size,
-                "max_delay_s": config.max_batch_delay / 1e6,
-                "max_queue": config.max_queue,
-                "enabled": config.batching,
-            },
+            config.batching_settings,
+            self.metrics,
             intra_op_threads=config.intra_op_threads,
             pinned_version=config.model_version,
-            on_load=self._on_load,
-            on_install=self._on_install,
         )
+        self.dataplane = DataPlane(self.store, self.metrics, security.load_tokens(config))
 
-    # --- metrics wiring ----------------------------------------------------------------
-
-    def _on_load(self, name: str, version: int, ok: bool, reason: str) -> None:
-        self.metrics.model_loads.labels(name, str(version), "ok" if ok else "failed").inc()
-
-    def _on_install(self, model: LoadedModel) -> None:
-        batch_size = self.metrics.batch_size.labels(model.name)
-        inference = self.metrics.inference.labels(model.name)
-        images = self.metrics.images.labels(model.name)
-        queue_wait = self.metrics.queue_wait.labels(model.name)
-
-        def observe(size: int, seconds: float, waits: list[float]) -> None:
-            batch_size.observe(size)
-            inference.observe(seconds)
-            images.inc(size)
-            for wait in waits:
-                queue_wait.observe(wait)
-
-        model.batcher.on_batch = observe
-        store = self.store
-        self.metrics.queue_depth.labels(model.name).set_function(
-            lambda name=model.name: sum(m.batcher.queue_depth for m in store.models.get(name, {}).values())
+    async def publish_readiness(self) -> None:
+        """Health follows the data plane's one readiness verdict."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if self.dataplane.ready()
+            else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        if model.name == MODEL_NAME:
-            self.metrics.info.info(
-                {
-                    "version": model.version_str,
-                    "model": model.name,
-                    "provider": model.runner.provider,
-                    "server_version": __version__,
-                }
-            )
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
 
     # --- start-up ----------------------------------------------------------------------
 
@@ -114,33 +84,20 @@ class MnistServer:
 
     async def start_transport(self) -> None:
         config = self.config
-        for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.publish_readiness()
         options = [
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             # Only worker processes share a port; a lone server must not silently share one.
             ("grpc.so_reuseport", 1 if self.reuse_port else 0),
         ]
-        interceptors = []
-        tokens = security.load_tokens(config)
-        if tokens:
-            interceptors.append(
-                security.TokenAuthInterceptor(
-                    tokens, on_denied=lambda method: self.metrics.auth_failures.labels(method).inc()
-                )
-            )
         credentials = security.server_credentials(config)
-        self.server = grpc.aio.server(options=options, interceptors=interceptors)
+        self.server = grpc.aio.server(options=options, interceptors=[DataPlaneInterceptor(self.dataplane)])
         pb_grpc.add_ClassifierServicer_to_server(
-            ClassifierServicer(self.store, self.metrics, config.max_request_images, self.lifecycle),
-            self.server,
+            ClassifierServicer(self.dataplane, config.max_request_images), self.server
         )
         v2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(
-                self.store, self.metrics, config.max_request_images, lambda: self.ready, self.lifecycle
-            ),
-            self.server,
+            InferenceServicer(self.dataplane, config.max_request_images), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -160,9 +117,7 @@ class MnistServer:
         if self.port == 0:
             raise OSError(f"cannot bind {address}")
         if config.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve_http(
-                config.metrics_port, ready=lambda: self.ready and self.lifecycle.accepting
-            )
+            self.metrics_port = self.metrics.serve_http(config.metrics_port, ready=self.dataplane.ready)
             print(f"serving metrics on {config.host}:{self.metrics_port}", flush=True)
         await self.server.start()
         security_mode = ("mutual TLS" if config.tls_client_ca else "TLS") if credentials else "plaintext"
@@ -172,7 +127,7 @@ class MnistServer:
             config.host,
             self.port,
             security_mode,
-            ", bearer tokens required" if tokens else "",
+            ", bearer tokens required" if self.dataplane.tokens else "",
         )
         # Machine-readable line for supervisors and tests (the port may have been 0).
         print(f"serving gRPC on {config.host}:{self.port}", flush=True)
@@ -183,7 +138,7 @@ class MnistServer:
         # Off the event loop: health checks keep answering NOT_SERVING while this runs.
         for model in await loop.run_in_executor(None, self.store.load_initial):
             self.store.install(model)
-        default = self.store.get("")
+        default = self.store.get(MODEL_NAME)
         log.info(
             "provider %s; onnxruntime threads %s",
             default.runner.provider,
@@ -196,9 +151,7 @@ class MnistServer:
             config.max_batch_delay,
             config.max_queue,
         )
-        self.ready = True
-        for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.publish_readiness()
         log.info("ready: health SERVING")
         if config.poll_interval > 0:
             self._watcher = loop.create_task(self._watch(), name="model-watcher")
@@ -239,15 +192,14 @@ class MnistServer:
 
     async def stop(self) -> None:
         """Health NOT_SERVING at once, refuse new calls, answer accepted ones, then stop."""
-        self.ready = False
         if self._watcher is not None:
             self._watcher.cancel()
         await self.health.enter_graceful_shutdown()
         started = time.monotonic()
         # New calls are answered UNAVAILABLE (clients retry elsewhere) while accepted ones finish.
-        drained = await self.lifecycle.drain(self.config.grace)
+        drained = await self.dataplane.drain(self.config.grace)
         if not drained:
-            log.warning("grace period over with %d calls unanswered", self.lifecycle.inflight)
+            log.warning("grace period over with %d calls unanswered", self.dataplane.inflight)
         if self.server is not None:
             await self.server.stop(max(0.0, self.config.grace - (time.monotonic() - started)))
         await self.store.close()

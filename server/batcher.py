@@ -19,11 +19,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mnist_serving.server.config import BatchingSettings
 from mnist_serving.server.errors import DeadlineExpired, NotReady, Overloaded
 
 log = logging.getLogger(__name__)
 
 RunFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+BatchObserver = Callable[[int, float, list[float]], None]
+"""Called after each run: (images in the batch, seconds in onnxruntime, each request's queue wait)."""
 
 
 @dataclass
@@ -68,18 +71,15 @@ class DynamicBatcher:
     def __init__(
         self,
         run: RunFn,
-        max_batch_size: int = 256,
-        max_delay_s: float = 0.0,
-        max_queue: int = 1024,
-        enabled: bool = True,
-        on_batch: Callable[[int, float, list[float]], None] | None = None,
+        settings: BatchingSettings = BatchingSettings(),
+        observer: BatchObserver | None = None,
     ) -> None:
         self._run = run
-        self.max_batch_size = max_batch_size
-        self.max_delay_s = max_delay_s
-        self.max_queue = max_queue
-        self.enabled = enabled
-        self.on_batch = on_batch
+        self.max_batch_size = settings.max_batch_size
+        self.max_delay_s = settings.max_delay_s
+        self.max_queue = settings.max_queue
+        self.enabled = settings.enabled
+        self._observer = observer
         self._chunks: collections.deque[_Chunk] = collections.deque()
         self._pending_requests = 0
         self._wakeup = asyncio.Event()
@@ -193,8 +193,8 @@ class DynamicBatcher:
             self.stats.batches += 1
             self.stats.images += len(images)
             self.stats.batch_sizes[len(images)] += 1
-            if self.on_batch is not None:
-                self.on_batch(len(images), elapsed, waits)
+            if self._observer is not None:
+                self._observer(len(images), elapsed, waits)
             offset = 0
             for chunk in batch:
                 n = len(chunk.images)

@@ -11,7 +11,19 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from mnist_serving.common.contract import IMAGE_PIXELS
+
 ENV_PREFIX = "MNIST_SERVING_"
+
+
+@dataclass(frozen=True)
+class BatchingSettings:
+    """What each model's dynamic batcher needs, in its own units (seconds, images, requests)."""
+
+    max_batch_size: int = 256
+    max_delay_s: float = 0.0
+    max_queue: int = 1024
+    enabled: bool = True
 
 
 @dataclass
@@ -62,9 +74,19 @@ class ServerConfig:
     """text or json."""
 
     @property
+    def batching_settings(self) -> BatchingSettings:
+        """The flags as the batcher takes them (built here, once; --max-batch-delay is in µs)."""
+        return BatchingSettings(
+            max_batch_size=self.max_batch_size,
+            max_delay_s=self.max_batch_delay / 1e6,
+            max_queue=self.max_queue,
+            enabled=self.batching,
+        )
+
+    @property
     def max_message_bytes(self) -> int:
         """Largest message: the biggest allowed batch as FP32 pixels, plus framing headroom."""
-        return self.max_request_images * 784 * 4 + (1 << 20)
+        return self.max_request_images * IMAGE_PIXELS * 4 + (1 << 20)
 
 
 def _env_name(name: str) -> str:

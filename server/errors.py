@@ -1,34 +1,34 @@
-"""Typed serving errors, each carrying the gRPC status it maps to (mapped in one place)."""
+"""Typed serving errors, free of any transport: the data plane's table maps each to a status."""
 
 from __future__ import annotations
 
-import grpc
-
 
 class ServingError(Exception):
-    """Base: a message safe to show the caller, and its gRPC status."""
-
-    code = grpc.StatusCode.INTERNAL
+    """Base: a message safe to show the caller."""
 
 
 class InvalidInput(ServingError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    """The request (or one item of it) breaks the wire format or the model contract."""
 
 
-class ModelNotFound(InvalidInput):
-    """An unknown model name or version is bad input (INVALID_ARGUMENT), like any other field."""
+class ModelNotFound(ServingError):
+    """An unknown model name or version (NOT_FOUND, as KServe and gRPC's guide use it)."""
+
+
+class Unauthenticated(ServingError):
+    """A bearer token is required and missing or wrong."""
 
 
 class Overloaded(ServingError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    """The queue is full; the caller should back off and retry."""
 
 
 class NotReady(ServingError):
-    code = grpc.StatusCode.UNAVAILABLE
+    """No model loaded yet, or the server is draining: retry elsewhere or later."""
 
 
 class DeadlineExpired(ServingError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    """The caller's deadline passed before the work was done."""
 
 
 class StartupError(RuntimeError):

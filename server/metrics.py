@@ -9,7 +9,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
 
-LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
@@ -72,6 +72,22 @@ class Metrics:
         self.info = Info(
             "mnist_serving_model", "The model version and execution provider serving.", registry=r
         )
+
+    def batch_observer(self, model: str) -> Callable[[int, float, list[float]], None]:
+        """What a model's batcher reports after each run (labelled children looked up once)."""
+        batch_size = self.batch_size.labels(model)
+        inference = self.inference.labels(model)
+        images = self.images.labels(model)
+        queue_wait = self.queue_wait.labels(model)
+
+        def observe(size: int, seconds: float, waits: list[float]) -> None:
+            batch_size.observe(size)
+            inference.observe(seconds)
+            images.inc(size)
+            for wait in waits:
+                queue_wait.observe(wait)
+
+        return observe
 
     def serve_http(self, port: int, addr: str = "0.0.0.0", ready: Callable[[], bool] | None = None) -> int:
         """Expose /metrics and /ready; returns the bound port (useful with port 0).

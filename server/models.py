@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mnist_serving import model_repository
-from mnist_serving.contract import MODEL_FILENAME, MODEL_NAME, NUM_CLASSES
+from mnist_serving.common import __version__, model_repository
+from mnist_serving.common.contract import IMAGE_SHAPE, MODEL_FILENAME, MODEL_NAME, NUM_CLASSES
 from mnist_serving.server.batcher import DynamicBatcher
-from mnist_serving.server.errors import ModelNotFound, NotReady, StartupError
+from mnist_serving.server.config import BatchingSettings
+from mnist_serving.server.errors import ModelNotFound, StartupError
+from mnist_serving.server.metrics import Metrics
 from mnist_serving.server.runner import OnnxRunner
 
 log = logging.getLogger(__name__)
-
-LoadObserver = Callable[[str, int, bool, str], None]
 
 
 @dataclass
@@ -43,16 +42,16 @@ class LoadedModel:
         """Run each batch-size class once so the first real request is not slow."""
         sizes = sorted({1, 8, min(64, self.batcher.max_batch_size), self.batcher.max_batch_size})
         for size in sizes:
-            self.runner.run(np.zeros((size, 28, 28), dtype=np.uint8))
+            self.runner.run(np.zeros((size, *IMAGE_SHAPE), dtype=np.uint8))
 
     def self_check(self) -> None:
         """Outputs on a handful of known inputs must be well-formed probabilities and labels."""
         rng = np.random.default_rng(0)
         probes = np.concatenate(
             [
-                np.zeros((1, 28, 28), np.uint8),
-                np.full((1, 28, 28), 255, np.uint8),
-                rng.integers(0, 256, (6, 28, 28), dtype=np.uint8),
+                np.zeros((1, *IMAGE_SHAPE), np.uint8),
+                np.full((1, *IMAGE_SHAPE), 255, np.uint8),
+                rng.integers(0, 256, (6, *IMAGE_SHAPE), dtype=np.uint8),
             ]
         )
         probabilities, labels = self.runner.run(probes)
@@ -83,22 +82,20 @@ class ModelStore:
         self,
         repository: Path,
         providers: list[str],
-        batcher_options: dict,
+        batching: BatchingSettings,
+        metrics: Metrics,
         intra_op_threads: int = 0,
         pinned_version: int | None = None,
-        on_load: LoadObserver | None = None,
-        on_install: Callable[[LoadedModel], None] | None = None,
     ) -> None:
         self.repository = Path(repository)
         self.providers = providers
-        self.batcher_options = batcher_options
+        self.batching = batching
+        self.metrics = metrics
         self.intra_op_threads = intra_op_threads
         self.pinned_version = pinned_version
-        self.on_load = on_load
         self.models: dict[str, dict[int, LoadedModel]] = {}
         self.default: dict[str, int] = {}
         self._refused: dict[tuple[str, int], tuple] = {}
-        self.on_install = on_install
 
     # --- building (runs in a worker thread) ---------------------------------------------
 
@@ -124,7 +121,7 @@ class ModelStore:
             raise StartupError(f"{directory}: unreadable ({exc})") from None
         _check_sidecar(directory, sidecar, model_bytes)
         runner = OnnxRunner(path, self.providers, self.intra_op_threads)
-        batcher = DynamicBatcher(runner.run, **self.batcher_options)
+        batcher = DynamicBatcher(runner.run, self.batching, self.metrics.batch_observer(name))
         model = LoadedModel(name, version, runner, batcher, sidecar)
         model.warm_up()
         model.self_check()
@@ -164,8 +161,7 @@ class ModelStore:
         except StartupError as exc:
             self._refused[(name, version)] = self._signature(name, version)
             log.error("refused model %s version %d: %s", name, version, exc)
-            if self.on_load:
-                self.on_load(name, version, False, str(exc))
+            self.metrics.model_loads.labels(name, str(version), "failed").inc()
             return None
         self._refused.pop((name, version), None)
         return model
@@ -186,10 +182,19 @@ class ModelStore:
             model.runner.provider,
             f", replacing version {previous.version}" if previous else "",
         )
-        if self.on_load:
-            self.on_load(model.name, model.version, True, "")
-        if self.on_install:
-            self.on_install(model)
+        self.metrics.model_loads.labels(model.name, str(model.version), "ok").inc()
+        self.metrics.queue_depth.labels(model.name).set_function(
+            lambda name=model.name: sum(m.batcher.queue_depth for m in self.models.get(name, {}).values())
+        )
+        if model.name == MODEL_NAME:
+            self.metrics.info.info(
+                {
+                    "version": model.version_str,
+                    "model": model.name,
+                    "provider": model.runner.provider,
+                    "server_version": __version__,
+                }
+            )
         if previous is not None and previous.version != model.version:
             del versions[previous.version]
             return previous
@@ -234,11 +239,15 @@ class ModelStore:
 
     # --- lookup ------------------------------------------------------------------------
 
+    def has_default(self) -> bool:
+        """The required model ('mnist') is loaded."""
+        return MODEL_NAME in self.default
+
+    def versions(self, name: str) -> list[int]:
+        return sorted(self.models.get(name, {}))
+
     def get(self, name: str, version: str = "") -> LoadedModel:
-        """The loaded model for a request's name and version ('' = the served default)."""
-        name = name or MODEL_NAME
-        if not self.models:
-            raise NotReady("model is loading; retry shortly")
+        """The loaded model for a name and version ('' = the served default); ModelNotFound else."""
         versions = self.models.get(name)
         if versions is None:
             raise ModelNotFound(f"model_name: '{name[:100]}' is not served; available: {sorted(self.models)}")

@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from mnist_serving.common.contract import IMAGE_HEIGHT, IMAGE_SHAPE, IMAGE_WIDTH
 from mnist_serving.server.errors import InvalidInput
 
 MAX_ENCODED_BYTES = 8 * 1024 * 1024
@@ -72,7 +73,7 @@ def mnist_style(gray: np.ndarray) -> np.ndarray:
         gray = 1.0 - gray
     low, high = float(gray.min()), float(gray.max())
     if high - low < 1e-6:
-        return np.zeros((28, 28), dtype=np.uint8)  # blank image: nothing to centre
+        return np.zeros(IMAGE_SHAPE, dtype=np.uint8)  # blank image: nothing to centre
     gray = (gray - low) / (high - low)
     ink = gray > INK_THRESHOLD
     rows, cols = np.nonzero(ink)
@@ -86,13 +87,13 @@ def mnist_style(gray: np.ndarray) -> np.ndarray:
     digit = np.asarray(resized, dtype=np.float32)
     total = digit.sum()
     if total <= 0:
-        return np.zeros((28, 28), dtype=np.uint8)
+        return np.zeros(IMAGE_SHAPE, dtype=np.uint8)
     cy = (digit.sum(1) * np.arange(new_h)).sum() / total
     cx = (digit.sum(0) * np.arange(new_w)).sum() / total
     top = int(round(14 - cy))
     left = int(round(14 - cx))
-    top = min(max(top, 0), 28 - new_h)
-    left = min(max(left, 0), 28 - new_w)
-    canvas = np.zeros((28, 28), dtype=np.float32)
+    top = min(max(top, 0), IMAGE_HEIGHT - new_h)
+    left = min(max(left, 0), IMAGE_WIDTH - new_w)
+    canvas = np.zeros(IMAGE_SHAPE, dtype=np.float32)
     canvas[top : top + new_h, left : left + new_w] = digit
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)

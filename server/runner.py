@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from mnist_serving.contract import INPUT, OUTPUT_LABEL, OUTPUT_PROBABILITIES
+from mnist_serving.common.contract import INPUT, OUTPUT_LABEL, OUTPUT_PROBABILITIES
 from mnist_serving.server.errors import StartupError
 
 log = logging.getLogger(__name__)

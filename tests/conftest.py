@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_serving.mnist_data import Mnist, load_mnist
+from mnist_serving.common.mnist_data import Mnist, load_mnist
 
 # Tests keep every artefact under pytest's temporary directories, and share the data cache.
 os.environ.setdefault("MNIST_SERVING_CACHE", str(Path.home() / ".cache" / "mnist-serving"))

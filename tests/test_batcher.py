@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mnist_serving.server.batcher import DynamicBatcher
+from mnist_serving.server.config import BatchingSettings
 from mnist_serving.server.errors import DeadlineExpired, NotReady, Overloaded
 
 
@@ -51,7 +52,7 @@ async def wait_started(model: GatedModel) -> None:
 def test_concurrent_requests_share_one_run_and_get_their_own_rows():
     async def go():
         model = GatedModel()
-        batcher = DynamicBatcher(model, max_batch_size=64)
+        batcher = DynamicBatcher(model, BatchingSettings(max_batch_size=64))
         first = asyncio.ensure_future(batcher.infer(images([1])))
         await wait_started(model)  # the first run is in progress; the rest queue behind it
         rest = [asyncio.ensure_future(batcher.infer(images([i, i]))) for i in range(2, 12)]
@@ -71,7 +72,7 @@ def test_concurrent_requests_share_one_run_and_get_their_own_rows():
 def test_big_request_is_split_into_runs_and_reassembled():
     async def go():
         model = GatedModel(gated=False)
-        batcher = DynamicBatcher(model, max_batch_size=4)
+        batcher = DynamicBatcher(model, BatchingSettings(max_batch_size=4))
         _, labels = await batcher.infer(images(list(range(10))))
         await batcher.close()
         return model, labels
@@ -84,7 +85,7 @@ def test_big_request_is_split_into_runs_and_reassembled():
 def test_batching_off_runs_each_request_alone():
     async def go():
         model = GatedModel()
-        batcher = DynamicBatcher(model, max_batch_size=64, enabled=False)
+        batcher = DynamicBatcher(model, BatchingSettings(max_batch_size=64, enabled=False))
         first = asyncio.ensure_future(batcher.infer(images([1])))
         await wait_started(model)
         rest = [asyncio.ensure_future(batcher.infer(images([i]))) for i in range(2, 6)]
@@ -100,7 +101,7 @@ def test_batching_off_runs_each_request_alone():
 def test_full_queue_refuses_at_once():
     async def go():
         model = GatedModel()
-        batcher = DynamicBatcher(model, max_batch_size=8, max_queue=2)
+        batcher = DynamicBatcher(model, BatchingSettings(max_batch_size=8, max_queue=2))
         a = asyncio.ensure_future(batcher.infer(images([1])))
         await wait_started(model)
         b = asyncio.ensure_future(batcher.infer(images([2])))
@@ -121,7 +122,7 @@ def test_full_queue_refuses_at_once():
 def test_expired_and_cancelled_requests_are_dropped_before_inference():
     async def go():
         model = GatedModel()
-        batcher = DynamicBatcher(model, max_batch_size=64)
+        batcher = DynamicBatcher(model, BatchingSettings(max_batch_size=64))
         first = asyncio.ensure_future(batcher.infer(images([1])))
         await wait_started(model)
         expiring = asyncio.ensure_future(batcher.infer(images([2]), deadline=time.monotonic() + 0.001))
@@ -148,7 +149,7 @@ def test_expired_and_cancelled_requests_are_dropped_before_inference():
 def test_close_finishes_accepted_work_and_refuses_new():
     async def go():
         model = GatedModel()
-        batcher = DynamicBatcher(model, max_batch_size=64)
+        batcher = DynamicBatcher(model, BatchingSettings(max_batch_size=64))
         accepted = [asyncio.ensure_future(batcher.infer(images([i]))) for i in range(5)]
         await wait_started(model)
         closing = asyncio.ensure_future(batcher.close())
@@ -173,7 +174,7 @@ def test_model_error_fails_the_whole_batch_and_the_batcher_survives():
         return np.zeros((len(batch), 10), np.float32), np.zeros(len(batch), np.int64)
 
     async def go():
-        batcher = DynamicBatcher(flaky, max_batch_size=8)
+        batcher = DynamicBatcher(flaky, BatchingSettings(max_batch_size=8))
         with pytest.raises(RuntimeError, match="boom"):
             await batcher.infer(images([1]))
         _, labels = await batcher.infer(images([2, 3]))
@@ -186,7 +187,7 @@ def test_model_error_fails_the_whole_batch_and_the_batcher_survives():
 def test_max_delay_waits_for_more_requests():
     async def go():
         model = GatedModel(gated=False)
-        batcher = DynamicBatcher(model, max_batch_size=64, max_delay_s=0.2)
+        batcher = DynamicBatcher(model, BatchingSettings(max_batch_size=64, max_delay_s=0.2))
         tasks = [asyncio.ensure_future(batcher.infer(images([i]))) for i in range(3)]
         await asyncio.gather(*tasks)
         await batcher.close()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_serving.idx import write_idx
+from mnist_serving.common.idx import write_idx
 
 EXE = shutil.which("mnist-classify", path=str(Path(sys.executable).parent))
 
@@ -49,7 +49,8 @@ def test_mnist_test_set_prints_accuracy_and_throughput(server, onnx_reference, m
     code, out, err = cli("--mnist-test", "--no-progress", server=server)
     assert code == 0, err
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert len(rows) == 10000 and rows[0].keys() == {"source", "index", "label", "confidence"}
+    assert len(rows) == 10000 and rows[0].keys() == {"source", "index", "label", "confidence", "error"}
+    assert not any(r["error"] for r in rows)
     labels = np.array([int(r["label"]) for r in rows])
     assert np.array_equal(labels, onnx_reference[1])
     accuracy = (onnx_reference[1] == mnist.y_test).mean()
@@ -122,9 +123,13 @@ def test_errors_exit_non_zero_with_one_line(server, tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     code, _, err = cli(str(tmp_path / "notes.txt"), server=server)
     assert code == 2 and "not an image" in err
+    # An image the server cannot decode is an error row (with its file), not a lost job: exit 3.
     (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
-    code, _, err = cli(str(tmp_path / "broken.png"), "--no-progress", server=server)
-    assert code == 1 and "INVALID_ARGUMENT" in err and "encoded" in err
+    code, out, err = cli(str(tmp_path / "broken.png"), "--no-progress", server=server)
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 3 and "1 could not be classified" in err
+    assert rows[0]["source"] == str(tmp_path / "broken.png") and rows[0]["label"] == ""
+    assert rows[0]["error"].startswith("INVALID_ARGUMENT") and "encoded" in rows[0]["error"]
     code, _, err = cli("--mnist-test", "--server", "127.0.0.1:1", "--retries", "0")
     assert code == 1 and "UNAVAILABLE" in err
     code, _, err = cli(server=server)

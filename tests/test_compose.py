@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from mnist_serving.client import ClassifyError, Client
-from mnist_serving.contract import MODEL_NAME
+from mnist_serving.common.contract import MODEL_NAME
 
 pytestmark = pytest.mark.compose
 

@@ -8,8 +8,8 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from mnist_serving import model_repository
-from mnist_serving.contract import INPUT, MODEL_NAME, OUTPUT_LABEL, OUTPUT_PROBABILITIES
+from mnist_serving.common import model_repository
+from mnist_serving.common.contract import INPUT, MODEL_NAME, OUTPUT_LABEL, OUTPUT_PROBABILITIES
 from mnist_serving.export.cli import export_run
 from mnist_serving.export.cli import main as export_main
 from mnist_serving.export.parity import ParityError

@@ -3,7 +3,7 @@ import gzip
 import numpy as np
 import pytest
 
-from mnist_serving.idx import IdxError, encode_idx, parse_idx, read_idx, write_idx
+from mnist_serving.common.idx import IdxError, encode_idx, parse_idx, read_idx, write_idx
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])

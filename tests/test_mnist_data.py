@@ -9,9 +9,9 @@ import threading
 import numpy as np
 import pytest
 
-from mnist_serving import mnist_data
-from mnist_serving.idx import write_idx
-from mnist_serving.mnist_data import DataError, load_idx_dir, load_mirrors, load_wheel
+from mnist_serving.common import mnist_data
+from mnist_serving.common.idx import write_idx
+from mnist_serving.common.mnist_data import DataError, load_idx_dir, load_mirrors, load_wheel
 
 
 def test_known_facts(mnist):

@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
-from mnist_serving import model_repository as repo_layout
+from mnist_serving.common import model_repository as repo_layout
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
 from tests.server_process import ServerProcess

@@ -4,8 +4,8 @@ import shutil
 
 import pytest
 
-from mnist_serving import model_repository
-from mnist_serving.contract import MODEL_FILENAME, SIDECAR_FILENAME
+from mnist_serving.common import model_repository
+from mnist_serving.common.contract import MODEL_FILENAME, SIDECAR_FILENAME
 
 
 def _write(directory, version):

@@ -7,10 +7,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from mnist_serving.common.contract import IMAGE_PIXELS, IMAGE_SHAPE
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
-from mnist_serving.server import codec, preprocess
+from mnist_serving.server import preprocess
+from mnist_serving.server.classifier_servicer import batch_items, image_item
 from mnist_serving.server.errors import InvalidInput
+from mnist_serving.server.v2_servicer import decode_infer_request
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -23,25 +26,38 @@ datatypes = st.sampled_from(["UINT8", "FP32", "INT64", "BYTES", "", "uint8", "FP
     shape=dims,
     datatype=datatypes,
     raw=st.binary(max_size=5000),
+    typed=st.none() | st.lists(st.integers(0, 300), max_size=2000),
     name=st.sampled_from(["image", "x", ""]),
     outputs=st.lists(st.sampled_from(["label", "probabilities", "logits"]), max_size=3),
 )
-def test_v2_requests_decode_or_are_refused_cleanly(shape, datatype, raw, name, outputs):
-    request = v2.ModelInferRequest(model_name="mnist", raw_input_contents=[raw])
-    request.inputs.add(name=name, datatype=datatype, shape=shape)
+def test_v2_requests_decode_or_are_refused_cleanly(shape, datatype, raw, typed, name, outputs):
+    """Raw bytes or typed contents: decoded exactly as the contract says, or refused by field."""
+    request = v2.ModelInferRequest(model_name="mnist")
+    tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
+    if typed is None:
+        request.raw_input_contents.append(raw)
+    elif datatype == "FP32":
+        tensor.contents.fp32_contents.extend(v / 300 for v in typed)
+    else:
+        tensor.contents.uint_contents.extend(typed)
     for output in outputs:
         request.outputs.add(name=output)
     try:
-        images, use_raw, requested = codec.decode_infer_request(request, max_images=1000)
+        images, use_raw, requested = decode_infer_request(request, max_images=1000)
     except InvalidInput as exc:
-        assert str(exc)  # a message naming the field
+        assert str(exc).startswith(("inputs", "raw_input_contents", "outputs")), str(exc)
         return
     # Accepted: then it really is what the contract says.
-    assert use_raw and images.dtype == np.uint8 and images.shape[1:] == (28, 28)
-    assert images.shape[0] == shape[0] >= 1 and name == "image"
-    assert set(requested) <= {"label", "probabilities"}
-    if datatype == "UINT8":
+    assert images.dtype == np.uint8 and images.shape[1:] == IMAGE_SHAPE
+    assert images.shape[0] == shape[0] >= 1 and name == "image" and datatype in ("UINT8", "FP32")
+    assert set(requested) <= {"label", "probabilities"} and use_raw == (typed is None)
+    if typed is None and datatype == "UINT8":
         assert images.tobytes() == raw
+    if typed is not None and datatype == "UINT8":
+        assert images.ravel().tolist() == typed
+    if typed is not None and datatype == "FP32":
+        expected = np.rint(np.asarray([v / 300 for v in typed], np.float32) * 255).astype(np.uint8)
+        assert np.array_equal(images.ravel(), expected)
 
 
 @FAST
@@ -49,7 +65,7 @@ def test_v2_requests_decode_or_are_refused_cleanly(shape, datatype, raw, name, o
 def test_float_pixels_are_range_checked(values):
     image = pb.Image(pixels=pb.FloatPixels(values=values))
     try:
-        out = codec.decode_image(image)
+        out = image_item(image, "image")
     except InvalidInput:
         array = np.asarray(values, dtype=np.float32)
         assert len(values) != 784 or not np.isfinite(array).all() or array.min() < 0 or array.max() > 1
@@ -92,8 +108,11 @@ def test_any_real_image_becomes_a_28x28_digit(width, height, seed, fmt, mode):
 @given(data=st.binary(max_size=4000), count=st.integers(0, 10))
 def test_raw_batches_decode_or_are_refused_cleanly(data, count):
     request = pb.ClassifyBatchRequest(raw=pb.RawBatch(data=data, count=count))
+    effective = count or (len(data) // IMAGE_PIXELS if len(data) % IMAGE_PIXELS == 0 else 0)
+    valid = 1 <= effective <= 1000 and len(data) == effective * IMAGE_PIXELS
     try:
-        images = codec.decode_batch(request, max_images=1000)
-    except InvalidInput:
+        images = batch_items(request, max_images=1000)
+    except InvalidInput as exc:
+        assert not valid and str(exc).startswith("raw"), (len(data), count, str(exc))
         return
-    assert images.shape[1:] == (28, 28) and images.tobytes() == data
+    assert valid and images.shape == (effective, *IMAGE_SHAPE) and images.tobytes() == data

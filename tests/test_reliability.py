@@ -19,8 +19,8 @@ import grpc
 import numpy as np
 import pytest
 
-from mnist_serving import model_repository as layout
 from mnist_serving.client import Client
+from mnist_serving.common import model_repository as layout
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
 from tests.server_process import ServerProcess

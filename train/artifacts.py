@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mnist_serving.common.contract import NUM_CLASSES
 from mnist_serving.train.trainer import EpochMetrics  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def plot_samples(run_dir: Path, images: np.ndarray, labels: np.ndarray, count: i
     plt.close(fig)
 
 
-def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int = 10) -> np.ndarray:
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int = NUM_CLASSES) -> np.ndarray:
     matrix = np.zeros((classes, classes), dtype=np.int64)
     np.add.at(matrix, (labels.astype(np.int64), predicted.astype(np.int64)), 1)
     return matrix
@@ -66,8 +67,8 @@ def plot_confusion(run_dir: Path, matrix: np.ndarray) -> None:
     for (i, j), value in np.ndenumerate(matrix):
         ax.text(j, i, str(value), ha="center", va="center", fontsize=7, color="white" if i == j else "black")
     ax.set(
-        xticks=range(10),
-        yticks=range(10),
+        xticks=range(NUM_CLASSES),
+        yticks=range(NUM_CLASSES),
         xlabel="predicted",
         ylabel="true",
         title=f"test confusion matrix (accuracy {np.trace(matrix) / matrix.sum():.4f})",

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnist_serving import model_repository
-from mnist_serving.contract import MODEL_NAME
-from mnist_serving.mnist_data import DataError, load_mnist
-from mnist_serving.model_repository import env_flag
+from mnist_serving.common import model_repository
+from mnist_serving.common.contract import MODEL_NAME
+from mnist_serving.common.mnist_data import DataError, load_mnist
+from mnist_serving.common.model_repository import env_flag
 from mnist_serving.train import artifacts
 from mnist_serving.train.model import MnistMLP, Normalize, summary
 from mnist_serving.train.recipes import RECIPES, get_recipe

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mnist_serving.contract import IMAGE_PIXELS, NUM_CLASSES
+from mnist_serving.common.contract import IMAGE_PIXELS, IMAGE_SHAPE, NUM_CLASSES
 
 HIDDEN = 512
 DROPOUT = 0.2
@@ -50,7 +50,7 @@ class Normalize(nn.Module):
 def summary(model: nn.Module) -> str:
     """A table like Keras's ``model.summary()``, so the seed walk-through can be compared."""
     rows = [("Layer (type)", "Output Shape", "Param #")]
-    shape: tuple[int | None, ...] = (None, 28, 28)
+    shape: tuple[int | None, ...] = (None, *IMAGE_SHAPE)
     total = 0
     for name, module in model.named_children():
         params = sum(p.numel() for p in module.parameters())

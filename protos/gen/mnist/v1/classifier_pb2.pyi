@@ -77,17 +77,29 @@ class ClassifyResponse(_message.Message):
     def __init__(self, prediction: _Optional[_Union[Prediction, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class ClassifyBatchResponse(_message.Message):
-    __slots__ = ("labels", "probabilities", "confidences", "count", "model_name", "model_version")
+    __slots__ = ("labels", "probabilities", "confidences", "count", "model_name", "model_version", "errors")
     LABELS_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCES_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
     labels: bytes
     probabilities: bytes
     confidences: bytes
     count: int
     model_name: str
     model_version: str
-    def __init__(self, labels: _Optional[bytes] = ..., probabilities: _Optional[bytes] = ..., confidences: _Optional[bytes] = ..., count: _Optional[int] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+    errors: _containers.RepeatedCompositeFieldContainer[ItemError]
+    def __init__(self, labels: _Optional[bytes] = ..., probabilities: _Optional[bytes] = ..., confidences: _Optional[bytes] = ..., count: _Optional[int] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., errors: _Optional[_Iterable[_Union[ItemError, _Mapping]]] = ...) -> None: ...
+
+class ItemError(_message.Message):
+    __slots__ = ("index", "code", "message")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    code: str
+    message: str
+    def __init__(self, index: _Optional[int] = ..., code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,362 @@
+"""The data plane: everything a request goes through, whatever transport carried it.
+
+Admission (ready / draining / overloaded), the bearer-token decision, request ids, the
+table from error type to status, per-request metrics and logs, and the pipeline
+get model → decode → infer. The gRPC adapter (``grpc_adapter.py``) and any other front end
+call these functions; they only convert their own messages to arrays and back.
+
+A call's context (its id and deadline) lives in a context variable set by ``begin``, so
+the pipeline reads the deadline without every front end passing it through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import enum
+import hmac
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mnist_serving.common.contract import (
+    IMAGE_SHAPE,
+    MODEL_NAME,
+    NO_LABEL,
+    NUM_CLASSES,
+    pixels_from_unit_floats,
+)
+from mnist_serving.server import preprocess
+from mnist_serving.server.errors import (
+    DeadlineExpired,
+    InvalidInput,
+    ModelNotFound,
+    NotReady,
+    Overloaded,
+    ServingError,
+    Unauthenticated,
+)
+from mnist_serving.server.metrics import Metrics
+from mnist_serving.server.models import LoadedModel, ModelStore
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID = "x-request-id"
+MAX_REQUEST_ID = 128
+QUIET_PERIOD = 1.0  # seconds without any call activity before a draining server closes
+NOT_READY = "no model loaded yet; retry shortly"
+DRAINING = "server is shutting down; retry on another replica"
+# Generated ids: a random per-process prefix and a counter (unique, and cheap on the hot path).
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+class Status(enum.Enum):
+    """Outcome of a call: the gRPC status name and the HTTP status a REST front end uses."""
+
+    OK = 200
+    CANCELLED = 499
+    INVALID_ARGUMENT = 400
+    DEADLINE_EXCEEDED = 504
+    NOT_FOUND = 404
+    RESOURCE_EXHAUSTED = 429
+    INTERNAL = 500
+    UNAVAILABLE = 503
+    UNAUTHENTICATED = 401
+
+    @property
+    def http(self) -> int:
+        return self.value
+
+
+# The one table from error type to status (subclasses inherit their base's entry).
+ERROR_STATUS: dict[type[BaseException], Status] = {
+    InvalidInput: Status.INVALID_ARGUMENT,
+    ModelNotFound: Status.NOT_FOUND,
+    Unauthenticated: Status.UNAUTHENTICATED,
+    Overloaded: Status.RESOURCE_EXHAUSTED,
+    NotReady: Status.UNAVAILABLE,
+    DeadlineExpired: Status.DEADLINE_EXCEEDED,
+    asyncio.CancelledError: Status.CANCELLED,
+    GeneratorExit: Status.CANCELLED,  # a stream the caller closed
+}
+
+
+def status_of(exc: BaseException | None) -> Status:
+    if exc is None:
+        return Status.OK
+    for kind in type(exc).__mro__:
+        if kind in ERROR_STATUS:
+            return ERROR_STATUS[kind]
+    return Status.INTERNAL
+
+
+@dataclass
+class Call:
+    """One admitted request: what the transport needs back (its id) and what the pipeline reads."""
+
+    api: str
+    method: str
+    request_id: str
+    deadline: float | None  # time.monotonic() instant
+    started: float  # time.perf_counter()
+    admitted: bool = False
+
+
+CURRENT_CALL: contextvars.ContextVar[Call | None] = contextvars.ContextVar("mnist_serving_call", default=None)
+
+
+@dataclass
+class Outcome:
+    """How a call ended, for the transport to answer with."""
+
+    status: Status
+    message: str
+
+
+@dataclass
+class Classified:
+    """Results of N items: rows of failed items hold NO_LABEL, zero probabilities and an error."""
+
+    model: LoadedModel
+    probabilities: np.ndarray  # float32 [N, 10]
+    labels: np.ndarray  # int64 [N]
+    errors: dict[int, ServingError]
+
+    @property
+    def confidences(self) -> np.ndarray:
+        count = len(self.labels)
+        rows = np.clip(self.labels, 0, NUM_CLASSES - 1)
+        confidences = self.probabilities[np.arange(count), rows]
+        if self.errors:
+            confidences = confidences.copy()
+            confidences[list(self.errors)] = 0.0
+        return confidences
+
+
+Item = np.ndarray | bytes | InvalidInput
+"""One image as a front end hands it over: uint8 pixels, encoded bytes to decode, or the
+conversion error the front end already found in it."""
+
+
+class DataPlane:
+    """Shared by every transport; one per server process."""
+
+    def __init__(self, store: ModelStore, metrics: Metrics, tokens: Sequence[bytes] = ()) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.tokens = list(tokens)
+        self.accepting = True
+        self.inflight = 0
+        self.last_activity = 0.0  # last admission, answer or refusal (time.monotonic())
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._children: dict[tuple[str, str, str], tuple] = {}
+        metrics.inflight.set_function(lambda: self.inflight)
+
+    # --- readiness: the one source ------------------------------------------------------
+
+    def ready(self) -> bool:
+        """Takes calls: the default model is loaded and the server is not draining."""
+        return self.accepting and self.store.has_default()
+
+    # --- auth ---------------------------------------------------------------------------
+
+    def auth_problem(self, authorization: str | None) -> str | None:
+        """Why a call's ``authorization`` value is refused, or None (also None without tokens)."""
+        if not self.tokens:
+            return None
+        if not authorization:
+            return "missing authorization metadata; expected 'authorization: Bearer <token>'"
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return "authorization metadata must be 'Bearer <token>'"
+        candidate = token.strip().encode()
+        if not any(hmac.compare_digest(candidate, t) for t in self.tokens):
+            return "invalid bearer token"
+        return None
+
+    def refused(self, api: str, method: str, problem: str) -> None:
+        """Record a call refused before admission (no token): metrics and one log line."""
+        self.metrics.auth_failures.labels(method).inc()
+        self._record(api, method, Status.UNAUTHENTICATED, 0.0)
+        log.info("%s/%s: UNAUTHENTICATED (%s)", api, method, problem)
+
+    # --- admission ----------------------------------------------------------------------
+
+    def begin(
+        self,
+        api: str,
+        method: str,
+        caller_request_id: str | None = None,
+        time_remaining: float | None = None,
+    ) -> Call:
+        """Open a call's record (never raises) and make it the current call for the pipeline."""
+        rid = "".join(ch for ch in (caller_request_id or "")[:MAX_REQUEST_ID] if ch.isprintable())
+        if not rid:
+            rid = f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+        now = time.monotonic()
+        deadline = None if time_remaining is None else now + time_remaining
+        call = Call(api, method, rid, deadline, time.perf_counter())
+        CURRENT_CALL.set(call)
+        return call
+
+    def admit(self, call: Call) -> None:
+        """Count the call in flight, or refuse it (NotReady) while draining."""
+        self.last_activity = time.monotonic()
+        if not self.accepting:
+            raise NotReady(DRAINING)
+        call.admitted = True
+        self.inflight += 1
+        self._idle.clear()
+
+    def end(self, call: Call, exc: BaseException | None) -> Outcome:
+        """Leave, record metrics, log failures; the outcome to answer with."""
+        self.last_activity = time.monotonic()
+        if call.admitted:
+            call.admitted = False
+            self.inflight -= 1
+            if self.inflight == 0:
+                self._idle.set()
+        status = status_of(exc)
+        if status is Status.INTERNAL:
+            message = f"internal error (request id {call.request_id})"
+            log.error(
+                "%s/%s [%s]: internal error",
+                call.api,
+                call.method,
+                call.request_id,
+                exc_info=exc,
+                extra={"fields": self._fields(call, status)},
+            )
+        elif status is Status.OK:
+            message = ""
+        else:
+            message = "cancelled by the caller" if status is Status.CANCELLED else str(exc)
+            log.info(
+                "%s/%s [%s] failed: %s %s",
+                call.api,
+                call.method,
+                call.request_id,
+                status.name,
+                message,
+                extra={"fields": self._fields(call, status)},
+            )
+        self._record(call.api, call.method, status, time.perf_counter() - call.started)
+        return Outcome(status, message)
+
+    @staticmethod
+    def _fields(call: Call, status: Status) -> dict:
+        return {"api": call.api, "method": call.method, "request_id": call.request_id, "code": status.name}
+
+    def _record(self, api: str, method: str, status: Status, seconds: float) -> None:
+        key = (api, method, status.name)
+        pair = self._children.get(key)
+        if pair is None:
+            pair = self._children[key] = (
+                self.metrics.requests.labels(api, method, status.name),
+                self.metrics.latency.labels(api, method),
+            )
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+    async def drain(self, timeout: float, quiet: float = QUIET_PERIOD) -> bool:
+        """Stop admitting calls; wait until admitted ones are answered. True if they all were.
+
+        Callers that were active get time to arrive, be refused, and go elsewhere (calls
+        still in the transport when it closes would be cut off); an idle server closes at once.
+        """
+        self.accepting = False
+        deadline = time.monotonic() + timeout
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        while (wait := min(self.last_activity + quiet, deadline) - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+        return self.inflight == 0
+
+    # --- the pipeline: get model → decode → infer ------------------------------------------
+
+    def model(self, name: str, version: str = "") -> LoadedModel:
+        """The loaded model for a request's name and version ('' = the served default)."""
+        if not self.store.has_default():
+            raise NotReady(NOT_READY)
+        return self.store.get(name or MODEL_NAME, version)
+
+    async def classify(self, name: str, version: str, images: np.ndarray) -> Classified:
+        """uint8 [N,28,28] → results; any failure fails the whole request."""
+        model = self.model(name, version)
+        probabilities, labels = await model.batcher.infer(images, self._deadline())
+        return Classified(model, probabilities, labels, {})
+
+    async def classify_items(
+        self,
+        name: str,
+        version: str,
+        items: Sequence[Item],
+        field: Callable[[int], str] = lambda index: f"images[{index}]",
+    ) -> Classified:
+        """Each item decoded on its own: a bad one becomes an error entry, the rest are classified.
+
+        ``field(index)`` names an item in error messages, as its front end's request does.
+        """
+        model = self.model(name, version)
+        count = len(items)
+        errors: dict[int, ServingError] = {}
+        good: list[int] = []
+        pixels: list[np.ndarray] = []
+        for index, item in enumerate(items):
+            try:
+                pixels.append(self._decode(item, field(index)))
+                good.append(index)
+            except InvalidInput as exc:
+                errors[index] = exc
+        probabilities = np.zeros((count, NUM_CLASSES), dtype=np.float32)
+        labels = np.full(count, NO_LABEL, dtype=np.int64)
+        if good:
+            found, found_labels = await model.batcher.infer(np.stack(pixels), self._deadline())
+            probabilities[good] = found
+            labels[good] = found_labels
+        return Classified(model, probabilities, labels, errors)
+
+    @staticmethod
+    def _decode(item: Item, field: str) -> np.ndarray:
+        if isinstance(item, InvalidInput):
+            raise item
+        if isinstance(item, bytes):
+            return preprocess.decode(item, f"{field}.encoded")
+        return item.reshape(IMAGE_SHAPE)
+
+    @staticmethod
+    def _deadline() -> float | None:
+        call = CURRENT_CALL.get()
+        return None if call is None else call.deadline
+
+
+def float_to_pixels(values: np.ndarray, field: str) -> np.ndarray:
+    """[0,1] floats → uint8 pixels; NaN, Inf and out-of-range are InvalidInput naming ``field``."""
+    try:
+        return pixels_from_unit_floats(values)
+    except ValueError as exc:
+        raise InvalidInput(f"{field}: {exc}") from None
+
+
+def check_count(count: int, max_images: int, field: str) -> None:
+    if count == 0:
+        raise InvalidInput(f"{field}: empty batch; expected at least one image")
+    if count > max_images:
+        raise InvalidInput(f"{field}: batch of {count} images; at most {max_images} allowed")
+
+
+def caller_request_id(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The caller's ``x-request-id`` from transport metadata (headers), if any."""
+    for key, value in metadata or ():
+        if key == REQUEST_ID:
+            return value if isinstance(value, str) else value.decode(errors="replace")
+    return None

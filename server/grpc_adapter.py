@@ -1,0 +1,131 @@
+"""gRPC's way into the data plane: one interceptor around every project RPC.
+
+It asks the data plane for the token decision, opens and admits the call, runs the
+servicer (which only converts messages), and turns whatever the call ended with into a
+gRPC status through the data plane's one error table. Health stays open and outside
+admission, so probes answer while the server loads or drains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+
+from mnist_serving.server.dataplane import REQUEST_ID, DataPlane, Status, caller_request_id
+
+OPEN_SERVICES = ("grpc.health.v1.Health",)
+# The project's own services, and the API label their metrics carry.
+APIS = {"mnist.v1.Classifier": "mnist.v1", "inference.GRPCInferenceService": "inference"}
+
+
+def grpc_code(status: Status) -> grpc.StatusCode:
+    return getattr(grpc.StatusCode, status.name)
+
+
+def _authorization(metadata: tuple | None) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else value.decode(errors="replace")
+    return None
+
+
+class DataPlaneInterceptor(grpc.aio.ServerInterceptor):
+    """Auth, admission, request ids, status mapping and metrics for every project RPC."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        service, _, method = (details.method or "").lstrip("/").partition("/")
+        if handler is None or service in OPEN_SERVICES:
+            return handler
+        api = APIS.get(service, service)
+        problem = self.dataplane.auth_problem(_authorization(details.invocation_metadata))
+        if problem is not None:
+            self.dataplane.refused(api, method, problem)
+            return _denied(handler, problem)
+        if service not in APIS:  # reflection: authenticated, not admitted or counted
+            return handler
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(api, method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                self._stream(api, method, handler.stream_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _open(self, api: str, method: str, context: grpc.aio.ServicerContext):  # noqa: ANN202
+        call = self.dataplane.begin(
+            api, method, caller_request_id(context.invocation_metadata()), context.time_remaining()
+        )
+        context.set_trailing_metadata(((REQUEST_ID, call.request_id),))
+        return call
+
+    def _unary(self, api: str, method: str, behavior: Callable) -> Callable:
+        dataplane = self.dataplane
+
+        async def wrapped(request: object, context: grpc.aio.ServicerContext) -> object:
+            call = self._open(api, method, context)
+            try:
+                dataplane.admit(call)
+                response = await behavior(request, context)
+            except BaseException as exc:
+                outcome = dataplane.end(call, exc)
+                if outcome.status is Status.CANCELLED or isinstance(exc, grpc.aio.AbortError):
+                    raise
+                await context.abort(grpc_code(outcome.status), outcome.message)
+            dataplane.end(call, None)
+            return response
+
+        return wrapped
+
+    def _stream(self, api: str, method: str, behavior: Callable) -> Callable:
+        dataplane = self.dataplane
+
+        async def wrapped(requests: AsyncIterator, context: grpc.aio.ServicerContext) -> AsyncIterator:
+            call = self._open(api, method, context)
+            try:
+                dataplane.admit(call)
+                async for response in behavior(requests, context):
+                    yield response
+            except BaseException as exc:
+                outcome = dataplane.end(call, exc)
+                if outcome.status is Status.CANCELLED or isinstance(exc, grpc.aio.AbortError):
+                    raise
+                await context.abort(grpc_code(outcome.status), outcome.message)
+            dataplane.end(call, None)
+
+        return wrapped
+
+
+def _denied(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same shape that answers UNAUTHENTICATED without parsing the request."""
+
+    async def unary(request: object, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def streaming(request: object, context: grpc.aio.ServicerContext) -> AsyncIterator:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # pragma: no cover - makes this an async generator
+
+    # No request_deserializer: the refused call's bytes are never parsed into a message.
+    kwargs = {"response_serializer": handler.response_serializer}
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(streaming, **kwargs)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary, **kwargs)
+    return grpc.stream_stream_rpc_method_handler(streaming, **kwargs)

@@ -1,0 +1,113 @@
+"""Per-item results: one bad image in a batch or stream costs that image, not the request."""
+
+import io
+
+import grpc
+import numpy as np
+from PIL import Image
+
+from mnist_serving.client import Client
+from mnist_serving.common.contract import NO_LABEL
+from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
+from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _jpeg(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).resize((200, 200)).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _mixed_batch(mnist) -> tuple[list[pb.Image], dict[int, str]]:
+    """Good images (raw, PNG, JPEG, float pixels) among bad ones; the bad ones' fields."""
+    x = mnist.x_test
+    images = [
+        pb.Image(raw=x[0].tobytes()),
+        pb.Image(encoded=b"\x89PNG\r\n\x1a\n not really a png"),
+        pb.Image(encoded=_png(x[1])),
+        pb.Image(encoded=_jpeg(x[2])[:300]),  # truncated JPEG
+        pb.Image(raw=bytes(3)),
+        pb.Image(encoded=_jpeg(x[3])),
+        pb.Image(pixels=pb.FloatPixels(values=[2.0] * 784)),
+        pb.Image(pixels=pb.FloatPixels(values=(x[4].ravel() / 255).tolist())),
+        pb.Image(encoded=b""),
+    ]
+    bad = {
+        1: "images[1].encoded",
+        3: "images[3].encoded",
+        4: "images[4].raw",
+        6: "images[6].pixels",
+        8: "images[8].encoded",
+    }
+    return images, bad
+
+
+def _alone(stub, image: pb.Image) -> int:
+    return stub.Classify(pb.ClassifyRequest(image=image), timeout=30).prediction.label
+
+
+def test_batch_answers_every_good_image_and_names_each_bad_one(server, mnist):
+    images, bad = _mixed_batch(mnist)
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.ClassifierStub(channel)
+        response = stub.ClassifyBatch(pb.ClassifyBatchRequest(images=images), timeout=30)
+        labels = np.frombuffer(response.labels, np.uint8)
+        confidences = np.frombuffer(response.confidences, "<f4")
+        assert response.count == len(images) == len(labels)
+        assert {e.index: e.code for e in response.errors} == dict.fromkeys(bad, "INVALID_ARGUMENT")
+        for error in response.errors:
+            assert error.message.startswith(bad[error.index]), error.message
+        for i, image in enumerate(images):
+            if i in bad:
+                assert labels[i] == NO_LABEL and confidences[i] == 0
+            else:  # the same answer as the image on its own
+                assert labels[i] == _alone(stub, image) and confidences[i] > 0
+
+
+def test_stream_messages_answer_per_item_too(server, mnist):
+    images, bad = _mixed_batch(mnist)
+    requests = [pb.ClassifyBatchRequest(images=images), pb.ClassifyBatchRequest(images=images[:3])]
+    with grpc.insecure_channel(server.address) as channel:
+        responses = list(pb_grpc.ClassifierStub(channel).ClassifyStream(iter(requests), timeout=60))
+    assert [r.count for r in responses] == [len(images), 3]
+    assert [e.index for e in responses[0].errors] == sorted(bad)
+    assert [e.index for e in responses[1].errors] == [1]
+
+
+def test_a_batch_of_only_bad_images_still_answers(server):
+    request = pb.ClassifyBatchRequest(images=[pb.Image(encoded=b"junk"), pb.Image(raw=b"x")])
+    with grpc.insecure_channel(server.address) as channel:
+        response = pb_grpc.ClassifierStub(channel).ClassifyBatch(request, timeout=30)
+    assert [e.index for e in response.errors] == [0, 1]
+    assert np.frombuffer(response.labels, np.uint8).tolist() == [NO_LABEL, NO_LABEL]
+
+
+def test_client_library_exposes_per_item_errors(server, mnist):
+    images = [mnist.x_test[0], b"not an image", mnist.x_test[1]]
+    with Client(server.address) as client:
+        result = client.classify_batch(images)
+        alone = [client.classify(mnist.x_test[i]).label for i in (0, 1)]
+    assert list(result.errors) == [1] and "images[1].encoded" in result.errors[1]
+    assert result.errors[1].startswith("INVALID_ARGUMENT")
+    assert result.labels.tolist() == [alone[0], -1, alone[1]]
+
+
+def test_unknown_model_and_version_are_not_found(server):
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.ClassifierStub(channel)
+        for request in (
+            pb.ClassifyRequest(image=pb.Image(raw=bytes(784)), model_name="resnet"),
+            pb.ClassifyRequest(image=pb.Image(raw=bytes(784)), model_version="99"),
+        ):
+            try:
+                stub.Classify(request, timeout=30)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.NOT_FOUND
+            else:
+                raise AssertionError("an unknown model was served")
