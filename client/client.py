@@ -29,6 +29,8 @@ from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
 
 DEFAULT_SERVER = "localhost:50051"
 MAX_MESSAGE = 256 * 1024 * 1024
+RECONNECT_BACKOFF_MS = 100
+MAX_RECONNECT_BACKOFF_MS = 2000
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,11 @@ class ClientOptions:
         return [
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
+            # After a replica dies, reconnect (to it or, through a balancer, to another) from
+            # 100 ms on, not gRPC's default 1 s-and-growing, so retries find a live server.
+            ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+            ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+            ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
         ]
 
     def credentials(self) -> grpc.ChannelCredentials | None:

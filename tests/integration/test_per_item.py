@@ -1,9 +1,12 @@
 """Per-item results: one bad image in a batch or stream costs that image, not the request."""
 
+import asyncio
 import io
+import time
 
 import grpc
 import numpy as np
+import pytest
 from PIL import Image
 
 from mnist_serving.client import Client
@@ -111,3 +114,29 @@ def test_unknown_model_and_version_are_not_found(server):
                 assert exc.code() == grpc.StatusCode.NOT_FOUND
             else:
                 raise AssertionError("an unknown model was served")
+
+
+def test_a_call_the_caller_cancels_is_counted_cancelled(server, mnist):
+    """Not OK: the server records what really happened to the call."""
+
+    def cancelled() -> float:
+        return server.metric("mnist_serving_requests_total", method="ClassifyBatch", code="CANCELLED")
+
+    before = cancelled()
+    images = np.tile(mnist.x_test, (6, 1, 1))  # 60,000 images: long enough to cancel mid-way
+    request = pb.ClassifyBatchRequest(raw=pb.RawBatch(data=images.tobytes(), count=len(images)))
+
+    async def go():
+        options = [("grpc.max_send_message_length", 256 << 20)]
+        async with grpc.aio.insecure_channel(server.address, options=options) as channel:
+            call = pb_grpc.ClassifierStub(channel).ClassifyBatch(request, timeout=120)
+            while server.metric("mnist_serving_inflight_requests") < 1:  # the server has it
+                await asyncio.sleep(0.005)  # polling the server's own gauge
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+
+    asyncio.run(go())
+    deadline = time.monotonic() + 30
+    while cancelled() < before + 1:  # scraping the server's own counter
+        assert time.monotonic() < deadline, "the cancelled call was never counted"

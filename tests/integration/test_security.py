@@ -37,6 +37,7 @@ def _wait_serving_tls(server, pki, client_cert=True):
         for response in stub.Watch(health_pb2.HealthCheckRequest(), timeout=120):
             if response.status == health_pb2.HealthCheckResponse.SERVING:
                 return
+    raise AssertionError("the TLS server's health stream ended without SERVING")
 
 
 def test_tls(model_repository, pki, mnist, tmp_path):

@@ -25,7 +25,7 @@ from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
 from tests.server_process import ServerProcess
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
+sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
 import soak  # noqa: E402
 
 SOAK_SECONDS = 12
@@ -133,6 +133,20 @@ def _wait_log(path: Path, pattern: str, count: int, timeout: float = 120) -> lis
     raise AssertionError(f"{pattern!r} seen fewer than {count} times in {path}")
 
 
+def _wait_gone(pid: int, timeout: float = 30) -> None:
+    """Until the process has exited (a zombie waiting for its parent counts as gone)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.01)  # polling another process's state
+    raise AssertionError(f"process {pid} did not exit")
+
+
 def test_a_killed_worker_is_replaced_and_the_others_keep_serving(model_repository, mnist, tmp_path):
     log = tmp_path / "log"
     server = ServerProcess(model_repository, "--workers", "2", "--metrics-port", "-1", log_path=log)
@@ -141,9 +155,10 @@ def test_a_killed_worker_is_replaced_and_the_others_keep_serving(model_repositor
         pids = [int(m.group(2)) for m in _wait_log(log, r"worker (\d) started \(pid (\d+)\)", 2)]
         victim = pids[0]
         os.kill(victim, signal.SIGKILL)
+        _wait_gone(victim)  # its listening socket is closed once the process is gone
         labels = []
-        for i in range(60):  # new connections keep being served by the surviving worker
-            with Client(server.address, retries=5, backoff=0.1) as client:
+        for i in range(60):  # new connections, no retries: the surviving worker takes each one
+            with Client(server.address, retries=0) as client:
                 labels.append(client.classify(mnist.x_test[i]).label)
         assert labels == [int(x) for x in expected_labels(model_repository, mnist)[:60]]
         restarted = _wait_log(log, r"worker 0 started \(pid (\d+)\)", 2)

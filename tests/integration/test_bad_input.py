@@ -94,6 +94,22 @@ OWN_CASES = {
         "image.encoded",
     ),
     "truncated png": ("Classify", pb.ClassifyRequest(image=pb.Image(encoded=png()[:60])), "image.encoded"),
+    "truncated jpeg": (
+        "Classify",
+        pb.ClassifyRequest(image=pb.Image(encoded=truncated_jpeg())),
+        "image.encoded",
+    ),
+    "gif header alone": ("Classify", pb.ClassifyRequest(image=pb.Image(encoded=b"GIF89a")), "image.encoded"),
+    "NUL byte in model name": (
+        "Classify",
+        pb.ClassifyRequest(image=pb.Image(raw=ZERO), model_name="mn\x00ist"),
+        "model_name",
+    ),
+    "10 kB model name": (
+        "Classify",
+        pb.ClassifyRequest(image=pb.Image(raw=ZERO), model_name="m" * 10_000),
+        "model_name",
+    ),
     "empty encoded": ("Classify", pb.ClassifyRequest(image=pb.Image(encoded=b"")), "image"),
     "decompression bomb": ("Classify", pb.ClassifyRequest(image=pb.Image(encoded=bomb())), "image.encoded"),
     "absurd dimensions": (
@@ -265,3 +281,22 @@ def test_oversized_metadata_is_refused_by_the_transport(channel):
         grpc.StatusCode.UNAVAILABLE,
     )
     _assert_healthy(channel)
+
+
+def test_a_bomb_inside_a_batch_costs_only_that_image(channel):
+    request = pb.ClassifyBatchRequest(
+        images=[pb.Image(raw=ZERO), pb.Image(encoded=bomb()), pb.Image(raw=ZERO)]
+    )
+    response = pb_grpc.ClassifierStub(channel).ClassifyBatch(request, timeout=30)
+    assert [(e.index, e.code) for e in response.errors] == [(1, "INVALID_ARGUMENT")]
+    assert response.errors[0].message.startswith("images[1].encoded")
+    assert response.count == 3
+    _assert_healthy(channel)
+
+
+def test_a_long_model_name_is_not_echoed_whole(channel):
+    with pytest.raises(grpc.RpcError) as info:
+        pb_grpc.ClassifierStub(channel).Classify(
+            pb.ClassifyRequest(image=pb.Image(raw=ZERO), model_name="m" * 10_000), timeout=30
+        )
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND and len(info.value.details()) < 500

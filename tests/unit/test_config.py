@@ -63,5 +63,15 @@ def test_provider_selection():
 def test_operations_doc_explains_every_flag():
     from mnist_serving.server.config import flags_markdown
 
-    doc = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    doc = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
     assert flags_markdown() in doc, "regenerate with: python -m mnist_serving.server.config"
+
+
+def test_client_channels_reconnect_from_100_ms():
+    """What docs/reliability.md promises about reconnecting is a channel setting."""
+    from mnist_serving.client.client import ClientOptions
+
+    options = dict(ClientOptions().channel_options())
+    assert options["grpc.initial_reconnect_backoff_ms"] == 100
+    assert options["grpc.min_reconnect_backoff_ms"] == 100
+    assert options["grpc.max_reconnect_backoff_ms"] <= 2000

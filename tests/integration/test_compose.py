@@ -30,7 +30,7 @@ from mnist_serving.common.contract import MODEL_NAME
 
 pytestmark = pytest.mark.compose
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 PROJECT = "mnist-serving-compose-test"
 TAG = "compose-test"
 POLL_INTERVAL = 5  # the servers' repository poll, seconds (compose default)

@@ -175,22 +175,48 @@ def test_model_error_fails_the_whole_batch_and_the_batcher_survives():
 
     async def go():
         batcher = DynamicBatcher(flaky, BatchingSettings(max_batch_size=8))
-        with pytest.raises(RuntimeError, match="boom"):
-            await batcher.infer(images([1]))
-        _, labels = await batcher.infer(images([2, 3]))
+        # Both requests are queued before the worker runs, so they share the failing run.
+        first = asyncio.ensure_future(batcher.infer(images([1])))
+        second = asyncio.ensure_future(batcher.infer(images([2, 3])))
+        outcomes = await asyncio.gather(first, second, return_exceptions=True)
+        _, labels = await batcher.infer(images([4, 5]))
         await batcher.close()
-        return labels
+        return outcomes, labels
 
-    assert run(go()).tolist() == [0, 0]
+    outcomes, labels = run(go())
+    assert calls[0] == 3  # one run held both requests
+    assert all(isinstance(o, RuntimeError) and str(o) == "boom" for o in outcomes)
+    assert labels.tolist() == [0, 0] and calls[1:] == [2]
+
+
+async def _yield_to_the_worker(times: int = 20) -> None:
+    """Let every ready task (the batcher's worker among them) run: ordering, not time."""
+    for _ in range(times):
+        await asyncio.sleep(0)
 
 
 def test_max_delay_waits_for_more_requests():
-    async def go():
+    async def go(delay):
         model = GatedModel(gated=False)
-        batcher = DynamicBatcher(model, BatchingSettings(max_batch_size=64, max_delay_s=0.2))
-        tasks = [asyncio.ensure_future(batcher.infer(images([i]))) for i in range(3)]
+        batcher = DynamicBatcher(model, BatchingSettings(max_batch_size=64, max_delay_s=delay))
+        tasks = [asyncio.ensure_future(batcher.infer(images([0])))]
+        await _yield_to_the_worker()  # without a delay, the worker has taken request 0 alone
+        tasks += [asyncio.ensure_future(batcher.infer(images([i]))) for i in (1, 2)]
         await asyncio.gather(*tasks)
         await batcher.close()
-        return model
+        return [len(b) for b in model.batches]
 
-    assert [len(b) for b in run(go()).batches] == [3]
+    assert run(go(0.5)) == [3]  # the first request waited, and the others joined it
+    assert run(go(0.0))[0] == 1  # with no delay the first request does not wait for the others
+
+
+def test_a_full_batch_does_not_wait_for_the_delay():
+    async def go():
+        model = GatedModel(gated=False)
+        batcher = DynamicBatcher(model, BatchingSettings(max_batch_size=2, max_delay_s=3600))
+        # A one-hour delay: only a full batch can make this finish within the guard.
+        await asyncio.wait_for(asyncio.gather(*(batcher.infer(images([i])) for i in (1, 2))), 60)
+        await batcher.close()
+        return [len(b) for b in model.batches]
+
+    assert run(go()) == [2]

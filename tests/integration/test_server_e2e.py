@@ -18,7 +18,7 @@ from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2_grpc as v2_gr
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]  # tests/
 
 
 @pytest.fixture

@@ -1,0 +1,69 @@
+"""ModelStore against the tiny model: loading, lookup, refusals, and the metrics it records."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from mnist_serving.server.config import BatchingSettings
+from mnist_serving.server.errors import ModelNotFound, StartupError
+from mnist_serving.server.metrics import Metrics
+from mnist_serving.server.models import ModelStore
+from tests.unit.conftest import digit, publish_tiny
+
+
+def store_for(repository, metrics=None) -> ModelStore:
+    return ModelStore(
+        repository, ["CPUExecutionProvider"], BatchingSettings(max_batch_size=8), metrics or Metrics()
+    )
+
+
+def test_loads_serves_and_counts(tiny_repository):
+    metrics = Metrics()
+    store = store_for(tiny_repository, metrics)
+
+    async def go():
+        for model in store.load_initial():
+            store.install(model)
+        model = store.get("mnist")
+        result = await model.batcher.infer(np.stack([digit(3), digit(7)]))
+        await store.close()
+        return result
+
+    probabilities, labels = asyncio.run(go())
+    assert labels.tolist() == [3, 7] and probabilities[0, 3] == 1
+    assert store.has_default() and store.versions("mnist") == [1]
+    assert metrics.model_loads.labels("mnist", "1", "ok")._value.get() == 1
+    assert metrics.images.labels("mnist")._value.get() == 2  # the batcher's observer
+
+
+def test_unknown_names_and_versions_are_not_found(tiny_repository):
+    store = store_for(tiny_repository)
+
+    async def go():
+        for model in store.load_initial():
+            store.install(model)
+        for name, version in (("resnet", ""), ("mnist", "2"), ("mnist", "../1"), ("../mnist", "")):
+            with pytest.raises(ModelNotFound):
+                store.get(name, version)
+        assert store.get("mnist", "1") is store.get("mnist")
+        await store.close()
+
+    asyncio.run(go())
+
+
+def test_a_model_breaking_the_contract_or_its_digest_is_refused(tmp_path):
+    publish_tiny(tmp_path, "mnist", 1, model=b"\x08\x07 not onnx")
+    with pytest.raises(StartupError):
+        store_for(tmp_path).load_initial()
+    other = tmp_path / "other"
+    directory = publish_tiny(other, "mnist", 1)
+    (directory / "model.onnx").write_bytes((directory / "model.onnx").read_bytes() + b"\x00")
+    with pytest.raises(StartupError, match="SHA-256"):
+        store_for(other).load_initial()
+
+
+def test_an_empty_repository_is_a_configuration_error(tmp_path):
+    (tmp_path / "mnist").mkdir()
+    with pytest.raises(StartupError, match="no published 'mnist' model"):
+        store_for(tmp_path).check_repository()
