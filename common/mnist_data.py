@@ -192,7 +192,23 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
             return codecs.encode
         if name == "_reconstruct":
             return multiarray._reconstruct
+        if name == "dtype":
+            return _plain_dtype
         return getattr(np, name)
+
+
+_PLAIN_KINDS = {"f", "u", "i", "b"}
+
+
+def _plain_dtype(spec: object, *args: object) -> np.dtype:
+    """Only plain numeric dtypes: an object (or structured) dtype would let a crafted pickle
+    hand numpy raw bytes to use as object pointers."""
+    if not isinstance(spec, str) or spec[:1] not in _PLAIN_KINDS:
+        raise pickle.UnpicklingError(f"refusing dtype {spec!r}: only plain numeric dtypes are allowed")
+    dtype = np.dtype(spec, *args)
+    if dtype.hasobject or dtype.fields is not None or dtype.kind not in _PLAIN_KINDS:
+        raise pickle.UnpicklingError(f"refusing dtype {spec!r}")
+    return dtype
 
 
 def restricted_loads(data: bytes) -> object:

@@ -92,7 +92,17 @@ class MnistServer:
             ("grpc.so_reuseport", 1 if self.reuse_port else 0),
         ]
         credentials = security.server_credentials(config)
-        self.server = grpc.aio.server(options=options, interceptors=[DataPlaneInterceptor(self.dataplane)])
+        if self.dataplane.tokens and credentials is None:
+            log.warning(
+                "bearer tokens without TLS: tokens cross the network in clear text; "
+                "add --tls-cert and --tls-key (or terminate TLS in front of the server)"
+            )
+        self.server = grpc.aio.server(
+            options=options,
+            interceptors=[DataPlaneInterceptor(self.dataplane)],
+            # Beyond this many calls at once, gRPC itself answers RESOURCE_EXHAUSTED.
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        )
         pb_grpc.add_ClassifierServicer_to_server(
             ClassifierServicer(self.dataplane, config.max_request_images), self.server
         )
@@ -109,16 +119,29 @@ class MnistServer:
             self.server,
         )
         address = f"{config.host}:{config.port}"
-        self.port = (
-            self.server.add_secure_port(address, credentials)
-            if credentials
-            else self.server.add_insecure_port(address)
-        )
+        try:
+            self.port = (
+                self.server.add_secure_port(address, credentials)
+                if credentials
+                else self.server.add_insecure_port(address)
+            )
+        except RuntimeError:  # grpcio's way of saying the address is taken or invalid
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot bind {address}")
+            raise StartupError(
+                f"--port {config.port}: cannot listen on {address} (in use, or not an address here)"
+            )
         if config.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve_http(config.metrics_port, ready=self.dataplane.ready)
-            print(f"serving metrics on {config.host}:{self.metrics_port}", flush=True)
+            try:
+                self.metrics_port = self.metrics.serve_http(
+                    config.metrics_port, config.metrics_host, ready=self.dataplane.ready
+                )
+            except OSError as exc:
+                where = f"{config.metrics_host} ({exc.strerror})"
+                raise StartupError(
+                    f"--metrics-port {config.metrics_port}: cannot listen on {where}"
+                ) from None
+            print(f"serving metrics on {config.metrics_host}:{self.metrics_port}", flush=True)
         await self.server.start()
         security_mode = ("mutual TLS" if config.tls_client_ca else "TLS") if credentials else "plaintext"
         log.info(
@@ -136,7 +159,13 @@ class MnistServer:
         config = self.config
         loop = asyncio.get_running_loop()
         # Off the event loop: health checks keep answering NOT_SERVING while this runs.
-        for model in await loop.run_in_executor(None, self.store.load_initial):
+        loading = loop.run_in_executor(None, self.store.load_initial)
+        try:
+            models = await asyncio.wait_for(loading, config.model_load_timeout)
+        except TimeoutError:
+            limit = f"--model-load-timeout {config.model_load_timeout:g} s"
+            raise StartupError(f"models not loaded within {limit}") from None
+        for model in models:
             self.store.install(model)
         default = self.store.get(MODEL_NAME)
         log.info(
@@ -162,7 +191,13 @@ class MnistServer:
         """Load whatever new version the repository holds and swap it in."""
         loop = asyncio.get_running_loop()
         for name, version in await loop.run_in_executor(None, self.store.pending):
-            model = await loop.run_in_executor(None, self.store.try_build, name, version)
+            building = loop.run_in_executor(None, self.store.try_build, name, version)
+            try:
+                model = await asyncio.wait_for(building, self.config.model_load_timeout)
+            except TimeoutError:
+                # The thread cannot be stopped; the version is refused and never installed.
+                self.store.refuse(name, version, f"not built within {self.config.model_load_timeout:g} s")
+                continue
             if model is None:
                 continue
             previous = self.store.install(model)

@@ -78,6 +78,8 @@ class DynamicBatcher:
         self.max_batch_size = settings.max_batch_size
         self.max_delay_s = settings.max_delay_s
         self.max_queue = settings.max_queue
+        self.max_queue_images = settings.max_queue_images
+        self._pending_images = 0
         self.enabled = settings.enabled
         self._observer = observer
         self._chunks: collections.deque[_Chunk] = collections.deque()
@@ -94,7 +96,10 @@ class DynamicBatcher:
         return self._pending_requests
 
     def start(self) -> None:
-        if self._task is None:
+        """Start the worker, or start a new one if the last one ended: it is never lost silently."""
+        if self._task is None or self._task.done():
+            if self._task is not None and not self._closed:
+                log.error("batcher worker had stopped; starting a new one")
             self._task = asyncio.get_running_loop().create_task(self._worker(), name="batcher")
 
     async def infer(self, images: np.ndarray, deadline: float | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -107,6 +112,12 @@ class DynamicBatcher:
         if self._pending_requests >= self.max_queue:
             self.stats.refused_overload += 1
             raise Overloaded(f"queue full ({self.max_queue} requests waiting); retry later")
+        if self._pending_images and self._pending_images + len(images) > self.max_queue_images:
+            self.stats.refused_overload += 1
+            raise Overloaded(
+                f"queue full ({self._pending_images} images waiting, at most {self.max_queue_images}); "
+                "retry later"
+            )
         if self._task is None or self._task.done():
             self.start()
         step = self.max_batch_size
@@ -116,11 +127,13 @@ class DynamicBatcher:
         for index in range(chunks):
             self._chunks.append(_Chunk(request, index, images[index * step : (index + 1) * step]))
         self._pending_requests += 1
+        self._pending_images += len(images)
         self._wakeup.set()
         try:
             return await future
         finally:
             self._pending_requests -= 1
+            self._pending_images -= len(images)
 
     def _take_batch(self) -> list[_Chunk]:
         """Pop chunks (skipping dead requests) until the batch would overflow."""
@@ -154,69 +167,85 @@ class DynamicBatcher:
         return sum(len(c.images) for c in self._chunks)
 
     async def _worker(self) -> None:
-        loop = asyncio.get_running_loop()
         while not (self._closed and not self._chunks):
-            if not self._chunks:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            if self.enabled and self.max_delay_s > 0 and self._queued_images() < self.max_batch_size:
-                first = self._chunks[0].request.enqueued
-                wait = first + self.max_delay_s - time.monotonic()
-                if wait > 0:
-                    self._wakeup.clear()
-                    try:
-                        await asyncio.wait_for(self._wakeup.wait(), wait)
-                    except TimeoutError:
-                        pass
-                    if (
-                        self._queued_images() < self.max_batch_size
-                        and time.monotonic() < first + self.max_delay_s
-                    ):
-                        continue
-            batch = self._take_batch()
-            if not batch:
-                continue
-            images = batch[0].images if len(batch) == 1 else np.concatenate([c.images for c in batch])
-            now = time.monotonic()
-            waits = [now - c.request.enqueued for c in batch if c.index == 0]
-            started = time.perf_counter()
             try:
-                probabilities, labels = await loop.run_in_executor(self._executor, self._run, images)
-            except Exception as exc:  # a model failure fails every request in the batch
-                log.exception("inference failed for a batch of %d images", len(images))
-                for chunk in batch:
-                    if not chunk.request.future.done():
-                        chunk.request.future.set_exception(exc)
-                continue
-            elapsed = time.perf_counter() - started
-            self.stats.batches += 1
-            self.stats.images += len(images)
-            self.stats.batch_sizes[len(images)] += 1
-            if self._observer is not None:
-                self._observer(len(images), elapsed, waits)
-            offset = 0
+                await self._step()
+            except Exception as exc:  # never leave a caller waiting on a worker that broke
+                log.exception("batcher step failed; failing the requests it held")
+                self._fail_queued(exc)
+
+    def _fail_queued(self, exc: BaseException) -> None:
+        while self._chunks:
+            future = self._chunks.popleft().request.future
+            if not future.done():
+                future.set_exception(exc)
+
+    async def _step(self) -> None:
+        """One round: wait for work (and the batching delay), then run one batch."""
+        if not self._chunks:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+            return
+        if self.enabled and self.max_delay_s > 0 and self._queued_images() < self.max_batch_size:
+            first = self._chunks[0].request.enqueued
+            wait = first + self.max_delay_s - time.monotonic()
+            if wait > 0:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), wait)
+                except TimeoutError:
+                    pass
+                if (
+                    self._queued_images() < self.max_batch_size
+                    and time.monotonic() < first + self.max_delay_s
+                ):
+                    return
+        batch = self._take_batch()
+        if not batch:
+            return
+        try:
+            await self._run_batch(batch)
+        except Exception as exc:  # a model failure (or any other) fails every request in the batch
+            log.exception("inference failed for a batch of %d chunks", len(batch))
             for chunk in batch:
-                n = len(chunk.images)
-                request = chunk.request
-                if not request.future.done():
-                    request.results[chunk.index] = (
-                        probabilities[offset : offset + n],
-                        labels[offset : offset + n],
-                    )
-                    request.remaining -= 1
-                    if request.remaining == 0:
-                        results = request.results
-                        if len(results) == 1:
-                            request.future.set_result(results[0])
-                        else:
-                            request.future.set_result(
-                                (
-                                    np.concatenate([r[0] for r in results]),
-                                    np.concatenate([r[1] for r in results]),
-                                )
-                            )
-                offset += n
+                if not chunk.request.future.done():
+                    chunk.request.future.set_exception(exc)
+
+    async def _run_batch(self, batch: list[_Chunk]) -> None:
+        images = batch[0].images if len(batch) == 1 else np.concatenate([c.images for c in batch])
+        now = time.monotonic()
+        waits = [now - c.request.enqueued for c in batch if c.index == 0]
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        probabilities, labels = await loop.run_in_executor(self._executor, self._run, images)
+        elapsed = time.perf_counter() - started
+        self.stats.batches += 1
+        self.stats.images += len(images)
+        self.stats.batch_sizes[len(images)] += 1
+        offset = 0
+        for chunk in batch:
+            n = len(chunk.images)
+            request = chunk.request
+            if not request.future.done():
+                request.results[chunk.index] = (
+                    probabilities[offset : offset + n],
+                    labels[offset : offset + n],
+                )
+                request.remaining -= 1
+                if request.remaining == 0:
+                    results = request.results
+                    if len(results) == 1:
+                        request.future.set_result(results[0])
+                    else:
+                        request.future.set_result(
+                            (np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results]))
+                        )
+            offset += n
+        if self._observer is not None:
+            try:
+                self._observer(len(images), elapsed, waits)
+            except Exception:  # metrics must never cost a caller its answer
+                log.exception("batch observer failed")
 
     async def close(self) -> None:
         """Stop accepting work, finish everything already accepted, then stop the worker."""

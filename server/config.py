@@ -11,9 +11,8 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from mnist_serving.common.contract import IMAGE_PIXELS
-
 ENV_PREFIX = "MNIST_SERVING_"
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +22,7 @@ class BatchingSettings:
     max_batch_size: int = 256
     max_delay_s: float = 0.0
     max_queue: int = 1024
+    max_queue_images: int = 262144
     enabled: bool = True
 
 
@@ -37,7 +37,9 @@ class ServerConfig:
     port: int = 50051
     """gRPC port (0 picks a free port, printed at start-up)."""
     metrics_port: int = 8000
-    """Prometheus /metrics HTTP port (0 picks a free port, -1 disables)."""
+    """Prometheus /metrics (and /ready) HTTP port (0 picks a free port, -1 disables)."""
+    metrics_host: str = "0.0.0.0"
+    """Address the metrics listener binds (e.g. 127.0.0.1 to keep it local)."""
     device: str = "auto"
     """auto (CUDA if onnxruntime-gpu sees a GPU, else CPU), cpu or cuda (error if unavailable)."""
     intra_op_threads: int = 0
@@ -50,8 +52,16 @@ class ServerConfig:
     """Microseconds to wait for more requests before running a partial batch (0: never wait)."""
     max_queue: int = 1024
     """Most requests accepted and not yet answered; beyond it RESOURCE_EXHAUSTED."""
+    max_queue_images: int = 262144
+    """Most images accepted and not yet answered (bounds memory); beyond it RESOURCE_EXHAUSTED."""
     max_request_images: int = 65536
-    """Most images in one request (also sets the gRPC max message size)."""
+    """Most images in one request."""
+    max_message_mb: int = 128
+    """Largest gRPC message, each way, in MiB (65,536 raw images are 49 MiB)."""
+    max_concurrent_rpcs: int = 4096
+    """Calls handled at once; beyond it gRPC answers RESOURCE_EXHAUSTED before any work."""
+    model_load_timeout: float = 120.0
+    """Seconds a model version may take to load, warm up and self-check before it is refused."""
     batching: bool = True
     """Coalesce concurrent requests into shared runs (false: one run per request chunk)."""
     poll_interval: float = 5.0
@@ -69,7 +79,7 @@ class ServerConfig:
     grace: float = 10.0
     """Seconds to finish accepted requests after SIGTERM/SIGINT before exiting."""
     log_level: str = "INFO"
-    """Logging level."""
+    """Logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (any case)."""
     log_format: str = "text"
     """text or json."""
 
@@ -80,13 +90,13 @@ class ServerConfig:
             max_batch_size=self.max_batch_size,
             max_delay_s=self.max_batch_delay / 1e6,
             max_queue=self.max_queue,
+            max_queue_images=self.max_queue_images,
             enabled=self.batching,
         )
 
     @property
     def max_message_bytes(self) -> int:
-        """Largest message: the biggest allowed batch as FP32 pixels, plus framing headroom."""
-        return self.max_request_images * IMAGE_PIXELS * 4 + (1 << 20)
+        return self.max_message_mb * 1024 * 1024
 
 
 def _env_name(name: str) -> str:
@@ -144,6 +154,9 @@ def build_parser(prog: str = "mnist-serve") -> argparse.ArgumentParser:
             kwargs["choices"] = ["auto", "cpu", "cuda"]
         if item.name == "log_format":
             kwargs["choices"] = ["text", "json"]
+        if item.name == "log_level":
+            kwargs["choices"] = LOG_LEVELS
+            kwargs["type"] = str.upper
         parser.add_argument(flag, **kwargs)
     return parser
 
@@ -183,7 +196,20 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
     parser.set_defaults(**env_defaults)
     args = parser.parse_args(argv)
     config = ServerConfig(**{item.name: getattr(args, item.name) for item in fields(ServerConfig)})
-    for name in ("max_batch_size", "max_queue", "max_request_images", "workers"):
+    if str(args.log_level).upper() not in LOG_LEVELS:
+        parser.error(f"--log-level: {args.log_level!r}; expected one of {', '.join(LOG_LEVELS)}")
+    args.log_level = str(args.log_level).upper()
+    if args.auth_token == "":
+        parser.error("--auth-token: empty; give a token, or leave the flag out to turn tokens off")
+    for name in (
+        "max_batch_size",
+        "max_queue",
+        "max_queue_images",
+        "max_request_images",
+        "workers",
+        "max_message_mb",
+        "max_concurrent_rpcs",
+    ):
         if getattr(config, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if config.max_batch_delay < 0:

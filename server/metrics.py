@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable
 from socketserver import ThreadingMixIn
@@ -106,13 +107,18 @@ class Metrics:
                 return [b"SERVING\n" if ok else b"NOT_SERVING\n"]
             return metrics_app(environ, start_response)
 
-        server = make_server(addr, port, app, _ThreadingServer, handler_class=_QuietHandler)
+        server_class = _ThreadingServer6 if ":" in addr else _ThreadingServer
+        server = make_server(addr.strip("[]"), port, app, server_class, handler_class=_QuietHandler)
         threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
         return server.server_port
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
+
+
+class _ThreadingServer6(_ThreadingServer):
+    address_family = socket.AF_INET6
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -16,7 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from mnist_serving.common import __version__, model_repository
-from mnist_serving.common.contract import IMAGE_SHAPE, MODEL_FILENAME, MODEL_NAME, NUM_CLASSES
+from mnist_serving.common.contract import (
+    IMAGE_SHAPE,
+    MODEL_FILENAME,
+    MODEL_NAME,
+    NUM_CLASSES,
+    SIDECAR_FILENAME,
+)
 from mnist_serving.server.batcher import DynamicBatcher
 from mnist_serving.server.config import BatchingSettings
 from mnist_serving.server.errors import ModelNotFound, StartupError
@@ -71,7 +77,9 @@ def _check_sidecar(directory: Path, sidecar: dict, model_bytes: bytes) -> None:
     if "quantization" in sidecar and not sidecar["quantization"].get("passed"):
         raise StartupError(f"{directory}: sidecar does not record a passed quantisation check")
     expected = sidecar.get("model_sha256")
-    if expected and hashlib.sha256(model_bytes).hexdigest() != expected:
+    if not expected:
+        raise StartupError(f"{directory}: sidecar has no model_sha256; nothing vouches for these bytes")
+    if hashlib.sha256(model_bytes).hexdigest() != expected:
         raise StartupError(f"{directory}: {MODEL_FILENAME} does not match the sidecar's SHA-256")
 
 
@@ -112,6 +120,7 @@ class ModelStore:
         """Load, warm up and self-check one version; raises StartupError with the reason."""
         directory = model_repository.version_dir(self.repository, name, version)
         path = directory / MODEL_FILENAME
+        self._check_inside(directory, path, directory / SIDECAR_FILENAME)
         try:
             model_bytes = path.read_bytes()
             sidecar = model_repository.read_sidecar(directory)
@@ -120,12 +129,20 @@ class ModelStore:
         except (OSError, ValueError) as exc:
             raise StartupError(f"{directory}: unreadable ({exc})") from None
         _check_sidecar(directory, sidecar, model_bytes)
-        runner = OnnxRunner(path, self.providers, self.intra_op_threads)
+        runner = OnnxRunner(path, self.providers, self.intra_op_threads, model_bytes=model_bytes)
         batcher = DynamicBatcher(runner.run, self.batching, self.metrics.batch_observer(name))
         model = LoadedModel(name, version, runner, batcher, sidecar)
         model.warm_up()
         model.self_check()
         return model
+
+    def _check_inside(self, *paths: Path) -> None:
+        """Symlinks may not lead out of the repository (a model is what the repository holds)."""
+        root = self.repository.resolve()
+        for path in paths:
+            resolved = path.resolve()
+            if resolved != root and root not in resolved.parents:
+                raise StartupError(f"{path}: leads outside the model repository (to {resolved})")
 
     def wanted(self) -> dict[str, int]:
         """For each model in the repository, the version that should be serving."""
@@ -155,13 +172,18 @@ class ModelStore:
             todo.append((name, version))
         return todo
 
+    def refuse(self, name: str, version: int, reason: str) -> None:
+        """Remember a refused version (until its files change), log it and count it."""
+        self._refused[(name, version)] = self._signature(name, version)
+        log.error("refused model %s version %d: %s", name, version, reason)
+        self.metrics.model_loads.labels(name, str(version), "failed").inc()
+
     def try_build(self, name: str, version: int) -> LoadedModel | None:
+        """Build, or refuse: any failure (not only StartupError) is recorded, logged and counted."""
         try:
             model = self.build(name, version)
-        except StartupError as exc:
-            self._refused[(name, version)] = self._signature(name, version)
-            log.error("refused model %s version %d: %s", name, version, exc)
-            self.metrics.model_loads.labels(name, str(version), "failed").inc()
+        except Exception as exc:  # a broken version must never stop the server or the poll
+            self.refuse(name, version, str(exc) if isinstance(exc, StartupError) else repr(exc))
             return None
         self._refused.pop((name, version), None)
         return model
@@ -229,8 +251,14 @@ class ModelStore:
         wanted = self.wanted()
         built = []
         for name, version in wanted.items():
-            if name == MODEL_NAME:
-                built.append(self.build(name, version))  # required: errors stop the start-up
+            if name == MODEL_NAME:  # required: any failure stops the start-up, as a StartupError
+                try:
+                    built.append(self.build(name, version))
+                except Exception as exc:
+                    self.metrics.model_loads.labels(name, str(version), "failed").inc()
+                    if isinstance(exc, StartupError):
+                        raise
+                    raise StartupError(f"{name} v{version}: {type(exc).__name__}: {exc}") from None
             else:
                 model = self.try_build(name, version)
                 if model is not None:

@@ -43,15 +43,26 @@ class OnnxRunner:
     """One loaded model version; ``run`` is thread-safe and meant to be called off the event loop."""
 
     def __init__(
-        self, path: Path, providers: list[str], intra_op_threads: int = 0, inter_op_threads: int = 0
+        self,
+        path: Path,
+        providers: list[str],
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 0,
+        model_bytes: bytes | None = None,
     ) -> None:
+        """``model_bytes``: the exact bytes whose digest was verified (the path only names them).
+
+        Loaded from bytes, a model cannot reach files beside it: external-data initialisers
+        have nothing to resolve against, and the load fails.
+        """
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
+            source = model_bytes if model_bytes is not None else str(path)
+            self.session = ort.InferenceSession(source, options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise StartupError(f"{path}: cannot load model ({type(exc).__name__}: {exc})") from None
         self.path = path

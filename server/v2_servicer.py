@@ -70,6 +70,14 @@ def decode_infer_request(
         raise InvalidInput("inputs[0].contents: set together with raw_input_contents; use one of them")
     count = _shape_images(tensor.shape, "inputs[0].shape")
     check_count(count, max_images, "inputs[0].shape[0]")
+    requested = tuple(o.name for o in request.outputs) or OUTPUT_NAMES
+    for i, name in enumerate(requested):
+        if name not in OUTPUT_NAMES:
+            raise InvalidInput(
+                f"outputs[{i}].name: '{name[:100]}' is not an output; expected one of {list(OUTPUT_NAMES)}"
+            )
+        if name in requested[:i]:  # each repeat would build another full copy of the answer
+            raise InvalidInput(f"outputs[{i}].name: '{name}' is requested more than once")
     datatype = tensor.datatype
     if datatype == "UINT8":
         if use_raw:
@@ -81,12 +89,13 @@ def decode_infer_request(
                 )
             images = np.frombuffer(data, dtype=np.uint8)
         else:
-            values = np.asarray(tensor.contents.uint_contents, dtype=np.uint32)
-            if values.size != count * IMAGE_PIXELS:
+            given = len(tensor.contents.uint_contents)  # checked before any array is made
+            if given != count * IMAGE_PIXELS:
                 raise InvalidInput(
-                    f"inputs[0].contents.uint_contents: {values.size} values; "
+                    f"inputs[0].contents.uint_contents: {given} values; "
                     f"shape {list(tensor.shape)} needs {count * IMAGE_PIXELS}"
                 )
+            values = np.asarray(tensor.contents.uint_contents, dtype=np.uint32)
             if values.size and values.max() > 255:
                 raise InvalidInput("inputs[0].contents.uint_contents: values above 255 for UINT8")
             images = values.astype(np.uint8)
@@ -100,22 +109,17 @@ def decode_infer_request(
                 )
             values = np.frombuffer(data, dtype="<f4")
         else:
-            values = np.asarray(tensor.contents.fp32_contents, dtype=np.float32)
-            if values.size != count * IMAGE_PIXELS:
+            given = len(tensor.contents.fp32_contents)  # checked before any array is made
+            if given != count * IMAGE_PIXELS:
                 raise InvalidInput(
-                    f"inputs[0].contents.fp32_contents: {values.size} values; "
+                    f"inputs[0].contents.fp32_contents: {given} values; "
                     f"shape {list(tensor.shape)} needs {count * IMAGE_PIXELS}"
                 )
+            values = np.asarray(tensor.contents.fp32_contents, dtype=np.float32)
         field = "raw_input_contents[0]" if use_raw else "inputs[0].contents.fp32_contents"
         images = float_to_pixels(values, field)
     else:
         raise InvalidInput(f"inputs[0].datatype: '{datatype}'; expected UINT8 (or FP32 in [0, 1])")
-    requested = tuple(o.name for o in request.outputs) or OUTPUT_NAMES
-    for i, name in enumerate(requested):
-        if name not in OUTPUT_NAMES:
-            raise InvalidInput(
-                f"outputs[{i}].name: '{name}' is not an output; expected one of {list(OUTPUT_NAMES)}"
-            )
     return images.reshape(count, IMAGE_HEIGHT, IMAGE_WIDTH), use_raw, requested
 
 

@@ -182,6 +182,8 @@ V2_CASES = {
     "raw and typed": (infer(raw=[ZERO], typed=("uint_contents", [0] * 784)), "contents"),
     "raw entries mismatch": (infer(raw=[ZERO, ZERO]), "raw_input_contents"),
     "unknown output": (infer(raw=[ZERO], outputs=("logits",)), "outputs[0].name"),
+    "output repeated": (infer(raw=[ZERO], outputs=("label", "label")), "outputs[1].name"),
+    "output repeated a thousand times": (infer(raw=[ZERO], outputs=("label",) * 1000), "more than once"),
     "unknown model": (infer(raw=[ZERO], model="mnist-cnn"), "model_name"),
     "unknown version": (infer(raw=[ZERO], version="7"), "model_version"),
     "over the limit": (infer(shape=(70000, 28, 28), raw=[b""]), "at most"),

@@ -81,6 +81,24 @@ def test_restricted_unpickler_allows_only_numpy_globals():
     assert np.array_equal(mnist_data.restricted_loads(pickle.dumps(array, protocol=2)), array)
 
 
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.array([1, "two", None], dtype=object),
+        np.zeros(2, dtype=[("a", "f4"), ("b", "O")]),
+        np.zeros(2, dtype=[("a", "f4"), ("b", "u1")]),
+    ],
+)
+def test_restricted_unpickler_refuses_object_and_structured_dtypes(array):
+    """An object array's data would be taken as pointers; only plain numeric dtypes load."""
+    for protocol in (2, 4):
+        with pytest.raises(pickle.UnpicklingError):
+            mnist_data.restricted_loads(pickle.dumps(array, protocol=protocol))
+    for dtype in ("u1", "i8", "f4", "f8", "?"):
+        plain = np.ones(3, dtype=dtype)
+        assert np.array_equal(mnist_data.restricted_loads(pickle.dumps(plain, protocol=2)), plain)
+
+
 def test_hub_pickle_conversion_is_exact(mnist):
     # Build a small pickle in the hub's own format and check uint8 round-trips exactly.
     def part(images, labels):

@@ -167,5 +167,13 @@ def test_bearer_tokens(model_repository, mnist, tmp_path):
             check=False,
         )
         assert done.returncode == 1 and "UNAUTHENTICATED" in done.stderr
+        # A refused call is not parsed: bytes that are no message at all still get UNAUTHENTICATED.
+        with grpc.insecure_channel(server.address) as channel:
+            raw = channel.unary_unary("/mnist.v1.Classifier/ClassifyBatch")
+            with pytest.raises(grpc.RpcError) as info:
+                raw(b"\xff\xff\xff not protobuf", timeout=10)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # Tokens over plaintext are allowed, and said to be risky.
+        assert "bearer tokens without TLS" in (tmp_path / "server.log").read_text()
     finally:
         assert server.stop() == 0

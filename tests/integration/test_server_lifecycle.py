@@ -34,13 +34,13 @@ def test_corrupt_model_is_a_clear_error(tmp_path, model_repository, keep_digest)
     repo = tmp_path / "models"
     shutil.copytree(model_repository / "mnist", repo / "mnist")
     (repo / "mnist" / "1" / "model.onnx").write_bytes(b"\x08\x07garbage")
-    if not keep_digest:  # without the sidecar's digest, onnxruntime itself must refuse it
+    if not keep_digest:  # without the sidecar's digest, nothing vouches for the bytes: refused
         sidecar = json.loads((repo / "mnist" / "1" / "model.json").read_text())
         del sidecar["model_sha256"]
         (repo / "mnist" / "1" / "model.json").write_text(json.dumps(sidecar))
     done = _serve(["--model-repository", str(repo), "--port", "0", "--metrics-port", "-1"])
     assert done.returncode == 2
-    expected = "does not match the sidecar" if keep_digest else "cannot load model"
+    expected = "does not match the sidecar" if keep_digest else "no model_sha256"
     assert expected in done.stderr and "Traceback" not in done.stderr
 
 
@@ -124,6 +124,40 @@ def test_no_published_model_exits_2_before_opening_the_port(tmp_path):
     assert done.returncode == 2
     assert "no published 'mnist' model" in done.stderr and "Traceback" not in done.stderr
     assert "serving gRPC" not in done.stdout  # never listened, so no supervisor sees it up
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(model_repository):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _serve(
+            ["--model-repository", str(model_repository), "--host", "127.0.0.1", "--port", str(port)]
+            + ["--metrics-port", "-1"]
+        )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("mnist-serve:")] == [
+        f"mnist-serve: --port {port}: cannot listen on 127.0.0.1:{port} (in use, or not an address here)"
+    ]
+
+
+def test_metrics_listen_where_told(model_repository, tmp_path):
+    server = ServerProcess(model_repository, "--metrics-host", "127.0.0.1", log_path=tmp_path / "log")
+    try:
+        server.wait_serving()
+        assert "mnist_serving_requests" in server.metrics_text()  # reachable on loopback
+        import socket
+
+        addresses = {entry[4][0] for entry in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
+        for address in addresses - {"127.0.0.1"}:  # not reachable on the machine's other addresses
+            with socket.socket() as probe:
+                probe.settimeout(5)
+                assert probe.connect_ex((address, server.metrics_port)) != 0
+    finally:
+        assert server.stop() == 0
 
 
 def test_overload_answers_resource_exhausted_then_recovers(model_repository, mnist, tmp_path):

@@ -49,7 +49,7 @@ def tiny_model_bytes() -> bytes:
     ]
     initializers = [
         helper.make_tensor("shape", TensorProto.INT64, [2], [-1, IMAGE_HEIGHT * IMAGE_WIDTH]),
-        helper.make_tensor("w", TensorProto.FLOAT, weights.shape, weights.ravel()),
+        helper.make_tensor("w", TensorProto.FLOAT, weights.shape, weights.tobytes(), raw=True),
         helper.make_tensor("b", TensorProto.FLOAT, [NUM_CLASSES], bias),
         helper.make_tensor("depth", TensorProto.INT64, [], [NUM_CLASSES]),
         helper.make_tensor("values", TensorProto.FLOAT, [2], [0.0, 1.0]),

@@ -220,3 +220,52 @@ def test_a_full_batch_does_not_wait_for_the_delay():
         return [len(b) for b in model.batches]
 
     assert run(go()) == [2]
+
+
+def test_a_broken_step_fails_its_requests_and_the_worker_goes_on(monkeypatch):
+    async def go():
+        model = GatedModel(gated=False)
+        batcher = DynamicBatcher(model, BatchingSettings(max_batch_size=8))
+        real = batcher._take_batch
+        calls = {"n": 0}
+
+        def broken_once():
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("injected")
+            return real()
+
+        monkeypatch.setattr(batcher, "_take_batch", broken_once)
+        with pytest.raises(RuntimeError, match="injected"):
+            await asyncio.wait_for(batcher.infer(images([1])), 30)
+        _, labels = await asyncio.wait_for(batcher.infer(images([2])), 30)
+        await batcher.close()
+        return labels
+
+    assert run(go()).tolist() == [2]
+
+
+def test_a_dead_worker_is_replaced_on_the_next_request():
+    async def go():
+        batcher = DynamicBatcher(GatedModel(gated=False), BatchingSettings(max_batch_size=8))
+        await batcher.infer(images([1]))
+        batcher._task.cancel()  # the worker dies (as a bug or a stray cancel would kill it)
+        await asyncio.gather(batcher._task, return_exceptions=True)
+        _, labels = await asyncio.wait_for(batcher.infer(images([3])), 30)
+        await batcher.close()
+        return labels
+
+    assert run(go()).tolist() == [3]
+
+
+def test_a_failing_observer_costs_no_answer():
+    def observer(size, seconds, waits):
+        raise ValueError("metrics broke")
+
+    async def go():
+        batcher = DynamicBatcher(GatedModel(gated=False), BatchingSettings(max_batch_size=8), observer)
+        results = [await asyncio.wait_for(batcher.infer(images([i])), 30) for i in (4, 5)]
+        await batcher.close()
+        return [r[1].tolist() for r in results]
+
+    assert run(go()) == [[4], [5]]

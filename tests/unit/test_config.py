@@ -38,7 +38,15 @@ def test_every_flag_has_an_environment_variable_in_its_help():
 
 @pytest.mark.parametrize(
     "argv, env",
-    [(["--max-batch-size", "0"], {}), ([], {"MNIST_SERVING_PORT": "x"}), (["--device", "tpu"], {})],
+    [
+        (["--max-batch-size", "0"], {}),
+        ([], {"MNIST_SERVING_PORT": "x"}),
+        (["--device", "tpu"], {}),
+        (["--auth-token", ""], {}),  # an empty token is a mistake, not "tokens off"
+        (["--log-level", "INFOO"], {}),
+        ([], {"MNIST_SERVING_LOG_LEVEL": "verbose"}),
+        (["--max-queue-images", "0"], {}),
+    ],
 )
 def test_bad_settings_exit_with_usage_error(argv, env):
     with pytest.raises(SystemExit) as info:
@@ -46,9 +54,16 @@ def test_bad_settings_exit_with_usage_error(argv, env):
     assert info.value.code == 2
 
 
-def test_message_limit_covers_the_largest_batch():
-    config = ServerConfig(max_request_images=1000)
-    assert config.max_message_bytes >= 1000 * 784 * 4
+def test_message_limit_covers_the_largest_raw_batch():
+    config = ServerConfig()
+    assert config.max_message_bytes >= config.max_request_images * 784 + 1024
+    assert config.max_message_bytes == 128 * 1024 * 1024
+
+
+def test_empty_environment_values_mean_unset_and_levels_are_case_blind():
+    config = load_config([], environ={"MNIST_SERVING_AUTH_TOKEN": "", "MNIST_SERVING_LOG_LEVEL": "debug"})
+    assert config.auth_token is None and config.log_level == "DEBUG"
+    assert load_config(["--log-level", "warning"], environ={}).log_level == "WARNING"
 
 
 def test_provider_selection():

@@ -67,3 +67,65 @@ def test_an_empty_repository_is_a_configuration_error(tmp_path):
     (tmp_path / "mnist").mkdir()
     with pytest.raises(StartupError, match="no published 'mnist' model"):
         store_for(tmp_path).check_repository()
+
+
+def _refused(store, name="mnist", version=1) -> bool:
+    return store.try_build(name, version) is None
+
+
+def test_any_failure_while_building_refuses_the_version_and_counts_it(tiny_repository, monkeypatch):
+    from mnist_serving.server import models
+
+    metrics = Metrics()
+    store = store_for(tiny_repository, metrics)
+
+    def broken_warm_up(self):
+        raise ValueError("warm-up blew up")  # not a StartupError
+
+    monkeypatch.setattr(models.LoadedModel, "warm_up", broken_warm_up)
+    assert _refused(store)
+    assert metrics.model_loads.labels("mnist", "1", "failed")._value.get() == 1
+    assert store.pending() == []  # refused until its files change
+    with pytest.raises(StartupError, match="warm-up blew up"):  # at start-up: a clean exit 2
+        store.load_initial()
+
+
+def test_a_sidecar_without_a_digest_is_refused(tiny_repository):
+    import json
+
+    sidecar = tiny_repository / "mnist" / "1" / "model.json"
+    data = json.loads(sidecar.read_text())
+    del data["model_sha256"]
+    sidecar.write_text(json.dumps(data))
+    with pytest.raises(StartupError, match="model_sha256"):
+        store_for(tiny_repository).build("mnist", 1)
+
+
+def test_a_symlink_out_of_the_repository_is_refused(tiny_repository, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("elsewhere") / "model.onnx"
+    model = tiny_repository / "mnist" / "1" / "model.onnx"
+    outside.write_bytes(model.read_bytes())
+    model.unlink()
+    model.symlink_to(outside)
+    with pytest.raises(StartupError, match="outside the model repository"):
+        store_for(tiny_repository).build("mnist", 1)
+
+
+def test_external_data_initialisers_are_refused(tmp_path):
+    """A model that points at files beside it is loaded from its verified bytes: nothing resolves."""
+    import onnx
+    import onnx.external_data_helper
+
+    from tests.unit.conftest import tiny_model_bytes
+
+    model = onnx.load_from_string(tiny_model_bytes())
+    work = tmp_path / "work"
+    work.mkdir()
+    onnx.save_model(
+        model, work / "model.onnx", save_as_external_data=True, size_threshold=0, location="w.bin"
+    )
+    repository = tmp_path / "repo"
+    directory = publish_tiny(repository, "mnist", 1, model=(work / "model.onnx").read_bytes())
+    (directory / "w.bin").write_bytes((work / "w.bin").read_bytes())  # even with the data beside it
+    with pytest.raises(StartupError, match="cannot load model"):
+        store_for(repository).build("mnist", 1)
