@@ -24,6 +24,7 @@ from mnist_serving.server import security
 from mnist_serving.server.classifier_servicer import ClassifierServicer
 from mnist_serving.server.config import ServerConfig
 from mnist_serving.server.dataplane import DataPlane
+from mnist_serving.server.decode_pool import DecodePool
 from mnist_serving.server.errors import StartupError
 from mnist_serving.server.grpc_adapter import DataPlaneInterceptor
 from mnist_serving.server.metrics import Metrics
@@ -62,7 +63,8 @@ class MnistServer:
             intra_op_threads=config.intra_op_threads,
             pinned_version=config.model_version,
         )
-        self.dataplane = DataPlane(self.store, self.metrics, security.load_tokens(config))
+        self.decoder = DecodePool(config.decode_processes, config.max_request_pixels)
+        self.dataplane = DataPlane(self.store, self.metrics, security.load_tokens(config), self.decoder)
 
     async def publish_readiness(self) -> None:
         """Health follows the data plane's one readiness verdict."""
@@ -79,6 +81,8 @@ class MnistServer:
     async def start(self) -> None:
         """Open the port (health NOT_SERVING), then load and warm up, then turn SERVING."""
         self.store.check_repository()
+        # Before the port opens: its workers must not be forked from a process running gRPC.
+        await asyncio.get_running_loop().run_in_executor(None, self.decoder.start)
         await self.start_transport()
         await self.load_models()
 
@@ -238,6 +242,7 @@ class MnistServer:
         if self.server is not None:
             await self.server.stop(max(0.0, self.config.grace - (time.monotonic() - started)))
         await self.store.close()
+        self.decoder.close()
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
         log.info("stopped")
@@ -251,6 +256,7 @@ class MnistServer:
         except BaseException:
             if self.server is not None:
                 await self.server.stop(0)
+            self.decoder.close()
             raise
         await self._stop.wait()
         await self.stop()

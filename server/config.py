@@ -56,6 +56,10 @@ class ServerConfig:
     """Most images accepted and not yet answered (bounds memory); beyond it RESOURCE_EXHAUSTED."""
     max_request_images: int = 65536
     """Most images in one request."""
+    max_request_pixels: int = 500_000_000
+    """Most pixels one request's encoded images may decode to (2,000 400x400 scans are 320M)."""
+    decode_workers: int = -1
+    """Processes decoding images off the event loop (-1: cores / --workers; 0: on the event loop)."""
     max_message_mb: int = 128
     """Largest gRPC message, each way, in MiB (65,536 raw images are 49 MiB)."""
     max_concurrent_rpcs: int = 4096
@@ -93,6 +97,12 @@ class ServerConfig:
             max_queue_images=self.max_queue_images,
             enabled=self.batching,
         )
+
+    @property
+    def decode_processes(self) -> int:
+        if self.decode_workers >= 0:
+            return self.decode_workers
+        return max(1, (os.cpu_count() or 1) // max(1, self.workers))
 
     @property
     def max_message_bytes(self) -> int:

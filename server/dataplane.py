@@ -31,7 +31,7 @@ from mnist_serving.common.contract import (
     NUM_CLASSES,
     pixels_from_unit_floats,
 )
-from mnist_serving.server import preprocess
+from mnist_serving.server.decode_pool import DecodePool
 from mnist_serving.server.errors import (
     DeadlineExpired,
     InvalidInput,
@@ -50,6 +50,7 @@ REQUEST_ID = "x-request-id"
 MAX_REQUEST_ID = 128
 QUIET_PERIOD = 1.0  # seconds without any call activity before a draining server closes
 NOT_READY = "no model loaded yet; retry shortly"
+DEFAULT_PIXEL_BUDGET = 500_000_000
 DRAINING = "server is shutting down; retry on another replica"
 # Generated ids: a random per-process prefix and a counter (unique, and cheap on the hot path).
 _ID_PREFIX = os.urandom(8).hex()
@@ -147,8 +148,15 @@ conversion error the front end already found in it."""
 class DataPlane:
     """Shared by every transport; one per server process."""
 
-    def __init__(self, store: ModelStore, metrics: Metrics, tokens: Sequence[bytes] = ()) -> None:
+    def __init__(
+        self,
+        store: ModelStore,
+        metrics: Metrics,
+        tokens: Sequence[bytes] = (),
+        decoder: DecodePool | None = None,
+    ) -> None:
         self.store = store
+        self.decoder = decoder or DecodePool(0, pixel_budget=DEFAULT_PIXEL_BUDGET)
         self.metrics = metrics
         self.tokens = list(tokens)
         self.accepting = True
@@ -309,29 +317,32 @@ class DataPlane:
         model = self.model(name, version)
         count = len(items)
         errors: dict[int, ServingError] = {}
-        good: list[int] = []
-        pixels: list[np.ndarray] = []
+        decoded: dict[int, np.ndarray] = {}
+        encoded = [index for index, item in enumerate(items) if isinstance(item, bytes)]
+        if encoded:  # off the event loop, in the decode pool
+            values = await self.decoder.decode(
+                [items[i] for i in encoded], [f"{field(i)}.encoded" for i in encoded], self._deadline()
+            )
+            for index, value in zip(encoded, values, strict=True):
+                if isinstance(value, InvalidInput):
+                    errors[index] = value
+                else:
+                    decoded[index] = value
         for index, item in enumerate(items):
-            try:
-                pixels.append(self._decode(item, field(index)))
-                good.append(index)
-            except InvalidInput as exc:
-                errors[index] = exc
+            if isinstance(item, InvalidInput):
+                errors[index] = item
+            elif isinstance(item, np.ndarray):
+                decoded[index] = item.reshape(IMAGE_SHAPE)
         probabilities = np.zeros((count, NUM_CLASSES), dtype=np.float32)
         labels = np.full(count, NO_LABEL, dtype=np.int64)
-        if good:
-            found, found_labels = await model.batcher.infer(np.stack(pixels), self._deadline())
+        if decoded:
+            good = sorted(decoded)
+            found, found_labels = await model.batcher.infer(
+                np.stack([decoded[i] for i in good]), self._deadline()
+            )
             probabilities[good] = found
             labels[good] = found_labels
         return Classified(model, probabilities, labels, errors)
-
-    @staticmethod
-    def _decode(item: Item, field: str) -> np.ndarray:
-        if isinstance(item, InvalidInput):
-            raise item
-        if isinstance(item, bytes):
-            return preprocess.decode(item, f"{field}.encoded")
-        return item.reshape(IMAGE_SHAPE)
 
     @staticmethod
     def _deadline() -> float | None:

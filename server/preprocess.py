@@ -25,6 +25,11 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 def decode(data: bytes, field: str = "image.encoded") -> np.ndarray:
     """Decode and preprocess one encoded image; any failure is InvalidInput naming ``field``."""
+    return decode_sized(data, field)[0]
+
+
+def decode_sized(data: bytes, field: str = "image.encoded") -> tuple[np.ndarray, int]:
+    """``decode``, and how many pixels the image had (what a request's pixel budget counts)."""
     if not data:
         raise InvalidInput(f"{field}: empty; expected an encoded image (PNG, JPEG, ...)")
     if len(data) > MAX_ENCODED_BYTES:
@@ -47,13 +52,14 @@ def decode(data: bytes, field: str = "image.encoded") -> np.ndarray:
                     )
                 image.seek(0)
                 gray = _to_gray(image)
+                pixels = width * height
     except InvalidInput:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InvalidInput(f"{field}: refused as a decompression bomb ({exc})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InvalidInput(f"{field}: cannot decode image ({type(exc).__name__}: {exc})") from None
-    return mnist_style(gray)
+    return mnist_style(gray), pixels
 
 
 def _to_gray(image: Image.Image) -> np.ndarray:
