@@ -42,8 +42,8 @@ class ServerConfig:
     """Address the metrics listener binds (e.g. 127.0.0.1 to keep it local)."""
     device: str = "auto"
     """auto (CUDA if onnxruntime-gpu sees a GPU, else CPU), cpu or cuda (error if unavailable)."""
-    intra_op_threads: int = 0
-    """onnxruntime intra-op threads per model (0: onnxruntime's default, one per core)."""
+    intra_op_threads: int = 1
+    """onnxruntime threads per model run (1 leaves the other cores to gRPC and decoding; 0: one per core)."""
     workers: int = 1
     """Server processes sharing the port (SO_REUSEPORT, Linux); each gets its own /metrics port."""
     max_batch_size: int = 256

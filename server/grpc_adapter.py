@@ -35,6 +35,8 @@ class DataPlaneInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, dataplane: DataPlane) -> None:
         self.dataplane = dataplane
+        # Wrapped handlers, one per method: built once, not on every call (the hot path).
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
@@ -52,6 +54,12 @@ class DataPlaneInterceptor(grpc.aio.ServerInterceptor):
             return _denied(handler, problem)
         if service not in APIS:  # reflection: authenticated, not admitted or counted
             return handler
+        wrapped = self._wrapped.get(details.method)
+        if wrapped is None:
+            wrapped = self._wrapped[details.method] = self._wrap(api, method, handler)
+        return wrapped
+
+    def _wrap(self, api: str, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(api, method, handler.unary_unary),
