@@ -57,7 +57,7 @@ images:
 # docker-compose.yml end to end on a real Docker engine (started here if installed and idle).
 compose-test: $(VENV)/.installed-dev
 	@engine=$$(docker/engine.sh start); echo "docker engine: $$engine"; \
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m compose tests/test_compose.py; rc=$$?; \
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m compose tests/integration/test_compose.py; rc=$$?; \
 	if [ "$$engine" = started ]; then docker/engine.sh stop; fi; exit $$rc
 
 lint: $(VENV)/.installed-dev
@@ -82,8 +82,10 @@ soak: model $(VENV)/.installed-dev
 	$(BIN)/python bench/soak.py --seconds $${SOAK_SECONDS:-300} --callers 32
 
 reliability: soak
-	$(BIN)/python -m pytest -q tests/test_reliability.py tests/test_bad_input.py tests/test_properties.py \
-		tests/test_model_lifecycle.py tests/test_security.py tests/test_server_lifecycle.py
+	$(BIN)/python -m pytest -q tests/integration/test_reliability.py tests/integration/test_bad_input.py \
+		tests/unit/test_properties.py tests/integration/test_model_lifecycle.py \
+		tests/integration/test_security.py tests/integration/test_server_lifecycle.py \
+		tests/integration/test_heavy_input.py tests/integration/test_per_item.py
 
 # Known vulnerabilities in the pinned dependencies (queries PyPI's advisory data).
 audit: $(VENV)/.installed-dev
