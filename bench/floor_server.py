@@ -1,0 +1,78 @@
+"""The Python gRPC floor: a bare grpc.aio ModelInfer server over onnxruntime.
+
+No validation, no metrics, no batching, no admission: what plain Python gRPC costs per
+call on this machine, so mnist-serve's own costs can be read against it.
+
+    python bench/floor_server.py MODEL.onnx --port 50060 [--processes 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+
+from mnist_serving.common.contract import IMAGE_SHAPE, INPUT, NUM_CLASSES
+from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
+from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+
+
+class Floor(v2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, model: str) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+    async def ModelReady(self, request: v2.ModelReadyRequest, context: object) -> v2.ModelReadyResponse:
+        return v2.ModelReadyResponse(ready=True)
+
+    async def ModelInfer(self, request: v2.ModelInferRequest, context: object) -> v2.ModelInferResponse:
+        count = request.inputs[0].shape[0]
+        images = np.frombuffer(request.raw_input_contents[0], np.uint8).reshape(count, *IMAGE_SHAPE)
+        probabilities, labels = self.session.run(None, {INPUT.name: images})
+        response = v2.ModelInferResponse(model_name=request.model_name)
+        response.outputs.add(name="probabilities", datatype="FP32", shape=[count, NUM_CLASSES])
+        response.outputs.add(name="label", datatype="INT64", shape=[count])
+        response.raw_output_contents.extend([probabilities.tobytes(), labels.tobytes()])
+        return response
+
+
+async def serve(model: str, port: int, reuse_port: bool) -> None:
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
+    v2_grpc.add_GRPCInferenceServiceServicer_to_server(Floor(model), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def _process(model: str, port: int) -> None:
+    asyncio.run(serve(model, port, reuse_port=True))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("model")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--processes", type=int, default=1)
+    args = parser.parse_args()
+    if args.processes == 1:
+        asyncio.run(serve(args.model, args.port, reuse_port=False))
+        return 0
+    # Forked before any gRPC object exists, as gRPC requires; the kernel spreads connections.
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_process, args=(args.model, args.port)) for _ in range(args.processes)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
