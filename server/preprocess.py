@@ -57,7 +57,9 @@ def decode_sized(data: bytes, field: str = "image.encoded") -> tuple[np.ndarray,
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InvalidInput(f"{field}: refused as a decompression bomb ({exc})") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+    except UnidentifiedImageError:  # Pillow's own message only names an in-memory buffer
+        raise InvalidInput(f"{field}: cannot decode image (not a recognised image format)") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InvalidInput(f"{field}: cannot decode image ({type(exc).__name__}: {exc})") from None
     return mnist_style(gray), pixels
 
