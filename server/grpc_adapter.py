@@ -9,10 +9,11 @@ admission, so probes answer while the server loads or drains.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import NoReturn
 
 import grpc
 
-from mnist_serving.server.dataplane import REQUEST_ID, DataPlane, Status, caller_request_id
+from mnist_serving.server.dataplane import REQUEST_ID, Call, DataPlane, Status, caller_request_id
 
 OPEN_SERVICES = ("grpc.health.v1.Health",)
 # The project's own services, and the API label their metrics carry.
@@ -74,7 +75,14 @@ class DataPlaneInterceptor(grpc.aio.ServerInterceptor):
             )
         return handler
 
-    def _open(self, api: str, method: str, context: grpc.aio.ServicerContext):  # noqa: ANN202
+    async def _fail(self, call: Call, exc: BaseException, context: grpc.aio.ServicerContext) -> NoReturn:
+        """End the call with the status the data plane's table gives ``exc``, and answer it."""
+        outcome = self.dataplane.end(call, exc)
+        if outcome.status is Status.CANCELLED or isinstance(exc, grpc.aio.AbortError):
+            raise exc  # the caller is gone, or the call was already answered
+        await context.abort(grpc_code(outcome.status), outcome.message)
+
+    def _open(self, api: str, method: str, context: grpc.aio.ServicerContext) -> Call:
         call = self.dataplane.begin(
             api, method, caller_request_id(context.invocation_metadata()), context.time_remaining()
         )
@@ -90,10 +98,7 @@ class DataPlaneInterceptor(grpc.aio.ServerInterceptor):
                 dataplane.admit(call)
                 response = await behavior(request, context)
             except BaseException as exc:
-                outcome = dataplane.end(call, exc)
-                if outcome.status is Status.CANCELLED or isinstance(exc, grpc.aio.AbortError):
-                    raise
-                await context.abort(grpc_code(outcome.status), outcome.message)
+                await self._fail(call, exc, context)
             dataplane.end(call, None)
             return response
 
@@ -109,10 +114,7 @@ class DataPlaneInterceptor(grpc.aio.ServerInterceptor):
                 async for response in behavior(requests, context):
                     yield response
             except BaseException as exc:
-                outcome = dataplane.end(call, exc)
-                if outcome.status is Status.CANCELLED or isinstance(exc, grpc.aio.AbortError):
-                    raise
-                await context.abort(grpc_code(outcome.status), outcome.message)
+                await self._fail(call, exc, context)
             dataplane.end(call, None)
 
         return wrapped
