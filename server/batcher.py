@@ -118,8 +118,7 @@ class DynamicBatcher:
                 f"queue full ({self._pending_images} images waiting, at most {self.max_queue_images}); "
                 "retry later"
             )
-        if self._task is None or self._task.done():
-            self.start()
+        self.start()  # a no-op while the worker lives
         step = self.max_batch_size
         chunks = max(1, -(-len(images) // step))
         future = asyncio.get_running_loop().create_future()

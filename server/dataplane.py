@@ -31,6 +31,7 @@ from mnist_serving.common.contract import (
     NUM_CLASSES,
     pixels_from_unit_floats,
 )
+from mnist_serving.server.config import ServerConfig
 from mnist_serving.server.decode_pool import DecodePool
 from mnist_serving.server.errors import (
     DeadlineExpired,
@@ -50,7 +51,6 @@ REQUEST_ID = "x-request-id"
 MAX_REQUEST_ID = 128
 QUIET_PERIOD = 1.0  # seconds without any call activity before a draining server closes
 NOT_READY = "no model loaded yet; retry shortly"
-DEFAULT_PIXEL_BUDGET = 500_000_000
 DRAINING = "server is shutting down; retry on another replica"
 # Generated ids: a random per-process prefix and a counter (unique, and cheap on the hot path).
 _ID_PREFIX = os.urandom(8).hex()
@@ -156,7 +156,7 @@ class DataPlane:
         decoder: DecodePool | None = None,
     ) -> None:
         self.store = store
-        self.decoder = decoder or DecodePool(0, pixel_budget=DEFAULT_PIXEL_BUDGET)
+        self.decoder = decoder or DecodePool(0, pixel_budget=ServerConfig.max_request_pixels)
         self.metrics = metrics
         self.tokens = list(tokens)
         self.accepting = True
@@ -365,9 +365,9 @@ def check_count(count: int, max_images: int, field: str) -> None:
         raise InvalidInput(f"{field}: batch of {count} images; at most {max_images} allowed")
 
 
-def caller_request_id(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
-    """The caller's ``x-request-id`` from transport metadata (headers), if any."""
+def header(metadata: Iterable[tuple[str, str | bytes]] | None, name: str) -> str | None:
+    """The first value of ``name`` in transport metadata (headers), as text, if any."""
     for key, value in metadata or ():
-        if key == REQUEST_ID:
+        if key == name:
             return value if isinstance(value, str) else value.decode(errors="replace")
     return None

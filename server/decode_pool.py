@@ -93,11 +93,7 @@ class DecodePool:
                     for offset, (value, count) in enumerate(future.result()):
                         results[start + offset] = value
                         pixels += count
-                if pixels > self.pixel_budget:
-                    raise InvalidInput(
-                        f"images: more than {self.pixel_budget:,} pixels to decode in one request; "
-                        "send fewer or smaller images per request"
-                    )
+                self._check_budget(pixels)
         finally:
             for future in pending:  # the caller left, or the request failed: stop handing out
                 future.cancel()
@@ -108,10 +104,16 @@ class DecodePool:
         pixels = 0
         for value, count in decode_chunk(blobs, fields):
             pixels += count
-            if pixels > self.pixel_budget:
-                raise InvalidInput(f"images: more than {self.pixel_budget:,} pixels to decode in one request")
+            self._check_budget(pixels)
             results.append(value)
         return results
+
+    def _check_budget(self, pixels: int) -> None:
+        if pixels > self.pixel_budget:
+            raise InvalidInput(
+                f"images: more than {self.pixel_budget:,} pixels to decode in one request; "
+                "send fewer or smaller images per request"
+            )
 
     def close(self) -> None:
         if self._executor is not None:

@@ -13,7 +13,7 @@ from typing import NoReturn
 
 import grpc
 
-from mnist_serving.server.dataplane import REQUEST_ID, Call, DataPlane, Status, caller_request_id
+from mnist_serving.server.dataplane import REQUEST_ID, Call, DataPlane, Status, header
 
 OPEN_SERVICES = ("grpc.health.v1.Health",)
 # The project's own services, and the API label their metrics carry.
@@ -22,13 +22,6 @@ APIS = {"mnist.v1.Classifier": "mnist.v1", "inference.GRPCInferenceService": "in
 
 def grpc_code(status: Status) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, status.name)
-
-
-def _authorization(metadata: tuple | None) -> str | None:
-    for key, value in metadata or ():
-        if key == "authorization":
-            return value if isinstance(value, str) else value.decode(errors="replace")
-    return None
 
 
 class DataPlaneInterceptor(grpc.aio.ServerInterceptor):
@@ -49,7 +42,7 @@ class DataPlaneInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or service in OPEN_SERVICES:
             return handler
         api = APIS.get(service, service)
-        problem = self.dataplane.auth_problem(_authorization(details.invocation_metadata))
+        problem = self.dataplane.auth_problem(header(details.invocation_metadata, "authorization"))
         if problem is not None:
             self.dataplane.refused(api, method, problem)
             return _denied(handler, problem)
@@ -84,7 +77,7 @@ class DataPlaneInterceptor(grpc.aio.ServerInterceptor):
 
     def _open(self, api: str, method: str, context: grpc.aio.ServicerContext) -> Call:
         call = self.dataplane.begin(
-            api, method, caller_request_id(context.invocation_metadata()), context.time_remaining()
+            api, method, header(context.invocation_metadata(), REQUEST_ID), context.time_remaining()
         )
         context.set_trailing_metadata(((REQUEST_ID, call.request_id),))
         return call

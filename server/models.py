@@ -255,7 +255,7 @@ class ModelStore:
                 try:
                     built.append(self.build(name, version))
                 except Exception as exc:
-                    self.metrics.model_loads.labels(name, str(version), "failed").inc()
+                    self.refuse(name, version, str(exc) if isinstance(exc, StartupError) else repr(exc))
                     if isinstance(exc, StartupError):
                         raise
                     raise StartupError(f"{name} v{version}: {type(exc).__name__}: {exc}") from None

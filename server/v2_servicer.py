@@ -47,6 +47,19 @@ def _shape_images(shape: Sequence[int], field: str) -> int:
     raise InvalidInput(f"{field}: {shape}; expected [N, 28, 28] or [N, 784]")
 
 
+def _typed_contents(
+    tensor: v2.ModelInferRequest.InferInputTensor, name: str, dtype: type, count: int
+) -> np.ndarray:
+    """Typed contents as an array; their length is checked before any array is made."""
+    values = getattr(tensor.contents, name)
+    if len(values) != count * IMAGE_PIXELS:
+        raise InvalidInput(
+            f"inputs[0].contents.{name}: {len(values)} values; "
+            f"shape {list(tensor.shape)} needs {count * IMAGE_PIXELS}"
+        )
+    return np.asarray(values, dtype=dtype)
+
+
 def decode_infer_request(
     request: v2.ModelInferRequest, max_images: int
 ) -> tuple[np.ndarray, bool, tuple[str, ...]]:
@@ -89,13 +102,7 @@ def decode_infer_request(
                 )
             images = np.frombuffer(data, dtype=np.uint8)
         else:
-            given = len(tensor.contents.uint_contents)  # checked before any array is made
-            if given != count * IMAGE_PIXELS:
-                raise InvalidInput(
-                    f"inputs[0].contents.uint_contents: {given} values; "
-                    f"shape {list(tensor.shape)} needs {count * IMAGE_PIXELS}"
-                )
-            values = np.asarray(tensor.contents.uint_contents, dtype=np.uint32)
+            values = _typed_contents(tensor, "uint_contents", np.uint32, count)
             if values.size and values.max() > 255:
                 raise InvalidInput("inputs[0].contents.uint_contents: values above 255 for UINT8")
             images = values.astype(np.uint8)
@@ -109,13 +116,7 @@ def decode_infer_request(
                 )
             values = np.frombuffer(data, dtype="<f4")
         else:
-            given = len(tensor.contents.fp32_contents)  # checked before any array is made
-            if given != count * IMAGE_PIXELS:
-                raise InvalidInput(
-                    f"inputs[0].contents.fp32_contents: {given} values; "
-                    f"shape {list(tensor.shape)} needs {count * IMAGE_PIXELS}"
-                )
-            values = np.asarray(tensor.contents.fp32_contents, dtype=np.float32)
+            values = _typed_contents(tensor, "fp32_contents", np.float32, count)
         field = "raw_input_contents[0]" if use_raw else "inputs[0].contents.fp32_contents"
         images = float_to_pixels(values, field)
     else:
