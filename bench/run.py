@@ -33,6 +33,7 @@ sys.path.insert(0, str(HERE))
 
 import ceiling  # noqa: E402
 import h2load_run  # noqa: E402
+import heavy_batch  # noqa: E402
 import loadgen_own  # noqa: E402
 
 from mnist_serving.common import model_repository  # noqa: E402
@@ -40,6 +41,8 @@ from mnist_serving.common.contract import MODEL_NAME  # noqa: E402
 from mnist_serving.common.mnist_data import load_mnist  # noqa: E402
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2  # noqa: E402
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2_grpc as v2_grpc  # noqa: E402
+
+OURS = "mnist-serving"
 
 
 def free_port() -> int:
@@ -56,6 +59,7 @@ class Server:
     env: dict = field(default_factory=dict)
     cwd: Path | None = None
     own_api: bool = False
+    floor: bool = False  # the bare Python gRPC floor: ModelInfer only, measured with h2load
     process: subprocess.Popen | None = None
 
     def start(self, log: Path) -> None:
@@ -97,7 +101,7 @@ def servers(model: Path, peers: list[str], quick: bool = False) -> list[Server]:
     repo = model.parent.parent.parent
     found = []
     for name, extra in (
-        ("mnist-serving", []),
+        (OURS, []),
         ("mnist-serving (batching off)", ["--batching", "false"]),
         ("mnist-serving (2 workers)", ["--workers", "2"]),
     ):
@@ -115,8 +119,6 @@ def servers(model: Path, peers: list[str], quick: bool = False) -> list[Server]:
                     "127.0.0.1",
                     "--metrics-port",
                     "-1",
-                    "--intra-op-threads",
-                    "1",
                     "--poll-interval",
                     "0",
                     "--log-level",
@@ -125,6 +127,26 @@ def servers(model: Path, peers: list[str], quick: bool = False) -> list[Server]:
                 ],
                 port,
                 own_api=True,
+            )
+        )
+        if quick:
+            break
+    for processes in (1, 2):
+        port = free_port()
+        found.append(
+            Server(
+                f"floor ({processes} process{'es' if processes > 1 else ''})",
+                [
+                    sys.executable,
+                    str(HERE / "floor_server.py"),
+                    str(model),
+                    "--port",
+                    str(port),
+                    "--processes",
+                    str(processes),
+                ],
+                port,
+                floor=True,
             )
         )
         if quick:
@@ -247,10 +269,10 @@ def sitting(args: argparse.Namespace) -> dict:
         rows = {}
         try:
             rows["h2load 1x1"] = h2load_run.run(server.port, body, d, 1, 1, tmp / "h2-1.log")
-            rows["h2load 4x16"] = h2load_run.run(server.port, body, d, 4, 16, tmp / "h2-64.log")
-            for c in singles:
+            rows["h2load 16x4"] = h2load_run.run(server.port, body, d, 16, 4, tmp / "h2-64.log")
+            for c in () if server.floor else singles:
                 rows[f"v2 single c={c}"] = run_v2(address, c, 1, d, data)
-            for c in batches:
+            for c in () if server.floor else batches:
                 rows[f"v2 batch256 c={c}"] = run_v2(address, c, 256, d, data)
             if server.own_api:
                 for c in singles:
@@ -263,6 +285,10 @@ def sitting(args: argparse.Namespace) -> dict:
                     )
                 rows["own stream test set"] = asyncio.run(
                     loadgen_own.stream_test_set(address, mnist.x_test, labels)
+                )
+            if server.name == OURS:
+                rows["heavy batches"] = asyncio.run(
+                    heavy_batch.scenario(address, 3 * d, 200 if args.quick else 2000)
                 )
             check = answer_check(address, mnist.x_test[:1], labels[:1])
             rows["h2load answer check"] = {"ok": check}

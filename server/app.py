@@ -62,6 +62,7 @@ class MnistServer:
             self.metrics,
             intra_op_threads=config.intra_op_threads,
             pinned_version=config.model_version,
+            inline_max_images=config.inline_images,
         )
         self.decoder = DecodePool(config.decode_processes, config.max_request_pixels)
         self.dataplane = DataPlane(self.store, self.metrics, security.load_tokens(config), self.decoder)

@@ -27,7 +27,7 @@ from mnist_serving.server.batcher import DynamicBatcher
 from mnist_serving.server.config import BatchingSettings
 from mnist_serving.server.errors import ModelNotFound, StartupError
 from mnist_serving.server.metrics import Metrics
-from mnist_serving.server.runner import OnnxRunner
+from mnist_serving.server.runner import CPU, OnnxRunner
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,10 @@ class ModelStore:
         metrics: Metrics,
         intra_op_threads: int = 0,
         pinned_version: int | None = None,
+        inline_max_images: int = 0,
     ) -> None:
         self.repository = Path(repository)
+        self.inline_max_images = inline_max_images
         self.providers = providers
         self.batching = batching
         self.metrics = metrics
@@ -130,7 +132,9 @@ class ModelStore:
             raise StartupError(f"{directory}: unreadable ({exc})") from None
         _check_sidecar(directory, sidecar, model_bytes)
         runner = OnnxRunner(path, self.providers, self.intra_op_threads, model_bytes=model_bytes)
-        batcher = DynamicBatcher(runner.run, self.batching, self.metrics.batch_observer(name))
+        # A GPU run includes copies and may wait on the device: never on the event loop.
+        inline = self.inline_max_images if runner.provider == CPU else 0
+        batcher = DynamicBatcher(runner.run, self.batching, self.metrics.batch_observer(name), inline)
         model = LoadedModel(name, version, runner, batcher, sidecar)
         model.warm_up()
         model.self_check()

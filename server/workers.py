@@ -40,6 +40,22 @@ def reserve_port(host: str, port: int):  # noqa: ANN201
         sock.close()
 
 
+def worker_settings(config: ServerConfig, port: int, index: int) -> ServerConfig:
+    """One worker's settings: its own /metrics port (8000, 8001, ...), and whatever depends on
+    the number of workers fixed here, before each worker becomes a single process."""
+    metrics_port = config.metrics_port
+    if metrics_port > 0:
+        metrics_port += index
+    return dataclasses.replace(
+        config,
+        port=port,
+        metrics_port=metrics_port,
+        workers=1,
+        decode_workers=config.decode_processes,
+        inline_max_images=config.inline_images,
+    )
+
+
 def _worker_main(config: ServerConfig) -> None:
     # Own process group: a terminal's Ctrl-C (sent to the whole group) reaches only the
     # parent, which forwards one signal; a second would mean "exit at once".
@@ -55,19 +71,15 @@ def run_workers(config: ServerConfig) -> int:
     """Start ``config.workers`` processes on one port and supervise them until signalled."""
     context = multiprocessing.get_context("spawn")  # no gRPC state is ever forked
     with reserve_port(config.host, config.port) as port:
-
-        def worker_config(index: int) -> ServerConfig:
-            metrics_port = config.metrics_port
-            if metrics_port > 0:
-                metrics_port += index  # one /metrics endpoint per worker: 8000, 8001, ...
-            return dataclasses.replace(config, port=port, metrics_port=metrics_port, workers=1)
-
         processes: dict[int, multiprocessing.Process] = {}
         stopping = False
 
         def start(index: int) -> None:
             process = context.Process(
-                target=_worker_main, args=(worker_config(index),), name=f"mnist-serve-{index}", daemon=False
+                target=_worker_main,
+                args=(worker_settings(config, port, index),),
+                name=f"mnist-serve-{index}",
+                daemon=False,
             )
             process.start()
             processes[index] = process

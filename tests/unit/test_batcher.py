@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+from mnist_serving.common.contract import NUM_CLASSES
 from mnist_serving.server.batcher import DynamicBatcher
 from mnist_serving.server.config import BatchingSettings
 from mnist_serving.server.errors import DeadlineExpired, NotReady, Overloaded
@@ -269,3 +270,22 @@ def test_a_failing_observer_costs_no_answer():
         return [r[1].tolist() for r in results]
 
     assert run(go()) == [[4], [5]]
+
+
+def test_small_runs_stay_on_the_event_loop_and_large_ones_go_to_the_thread():
+    threads: list[tuple[int, int]] = []
+
+    def model(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        threads.append((len(batch), threading.get_ident()))
+        return np.zeros((len(batch), NUM_CLASSES), np.float32), np.zeros(len(batch), np.int64)
+
+    async def go() -> int:
+        batcher = DynamicBatcher(model, BatchingSettings(max_batch_size=64), inline_max_images=8)
+        await batcher.infer(images([1] * 8))
+        await batcher.infer(images([1] * 9))
+        await batcher.close()
+        return threading.get_ident()
+
+    loop_thread = run(go())
+    assert threads[0] == (8, loop_thread)
+    assert threads[1][0] == 9 and threads[1][1] != loop_thread

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from mnist_serving.server import workers as workers_module
 from mnist_serving.server.config import ServerConfig, load_config
 from mnist_serving.server.errors import StartupError
 from mnist_serving.server.runner import CPU, CUDA, select_providers
@@ -90,3 +91,25 @@ def test_client_channels_reconnect_from_100_ms():
     assert options["grpc.initial_reconnect_backoff_ms"] == 100
     assert options["grpc.min_reconnect_backoff_ms"] == 100
     assert options["grpc.max_reconnect_backoff_ms"] <= 2000
+
+
+@pytest.mark.parametrize(
+    ("cores", "workers", "explicit", "expected"),
+    [(2, 1, -1, 0), (2, 2, -1, 8), (16, 16, -1, 8), (16, 4, -1, 0), (2, 2, 0, 0), (16, 1, 4, 4)],
+)
+def test_small_runs_stay_on_the_event_loop_only_without_a_spare_core(
+    monkeypatch: pytest.MonkeyPatch, cores: int, workers: int, explicit: int, expected: int
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    config = ServerConfig(workers=workers, inline_max_images=explicit)
+    assert config.inline_images == expected
+
+
+def test_each_worker_keeps_the_settings_derived_from_the_worker_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    config = ServerConfig(workers=4)
+    worker = workers_module.worker_settings(config, port=50051, index=1)
+    assert (worker.workers, worker.decode_processes, worker.inline_images) == (1, 2, 0)
+    assert worker.metrics_port == config.metrics_port + 1
