@@ -29,6 +29,7 @@ from mnist_serving.client.results import BatchResult, ClassifyError
 from mnist_serving.client.sources import Batch, InputError, expand, read_file
 from mnist_serving.common.contract import MODEL_NAME, NUM_CLASSES
 from mnist_serving.common.idx import IdxError, read_idx
+from mnist_serving.common.preprocess import PREPROCESSING_VERSION
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 
 
@@ -252,7 +253,11 @@ def run_info(argv: list[str]) -> int:
             "outputs": [
                 {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in model.outputs
             ],
+            "preprocessing_version": model.parameters["preprocessing_version"].string_param
+            if "preprocessing_version" in model.parameters
+            else None,
         },
+        "client": {"preprocessing_version": PREPROCESSING_VERSION},
     }
     print(json.dumps(info, indent=2))
     return 0

@@ -23,6 +23,9 @@ IMAGE_PIXELS = IMAGE_HEIGHT * IMAGE_WIDTH
 NUM_CLASSES = 10
 NO_LABEL = 255
 """The label byte of an item that could not be classified (packed uint8 labels of a batch)."""
+NO_DIGIT_FOUND = "no digit found"
+"""How an encoded image that is blank or nearly so is answered (INVALID_ARGUMENT for one image,
+an item error in a batch): the message starts with the field, then this phrase."""
 OPSET = 18
 
 

@@ -23,6 +23,7 @@ from mnist_serving.common.contract import (
     OUTPUT_PROBABILITIES,
     contract_dict,
 )
+from mnist_serving.common.preprocess import PREPROCESSING_VERSION
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from mnist_serving.server.dataplane import DataPlane, check_count, float_to_pixels
@@ -193,6 +194,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             platform=PLATFORM,
             inputs=[v2.ModelMetadataResponse.TensorMetadata(**t) for t in contract["inputs"]],
             outputs=[v2.ModelMetadataResponse.TensorMetadata(**t) for t in contract["outputs"]],
+            parameters={"preprocessing_version": v2.InferParameter(string_param=PREPROCESSING_VERSION)},
         )
 
     async def ModelInfer(

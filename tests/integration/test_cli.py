@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from mnist_serving.common.idx import write_idx
+from mnist_serving.common.preprocess import PREPROCESSING_VERSION
 
 EXE = shutil.which("mnist-classify", path=str(Path(sys.executable).parent))
 
@@ -115,6 +116,9 @@ def test_health_and_info(server):
     info = json.loads(out)
     assert info["model"]["name"] == "mnist" and info["model"]["versions"] == ["1"]
     assert info["model"]["inputs"][0] == {"name": "image", "datatype": "UINT8", "shape": [-1, 28, 28]}
+    # A client that preprocesses by itself compares these (v2 ModelMetadata parameters).
+    assert info["model"]["preprocessing_version"] == PREPROCESSING_VERSION
+    assert info["client"]["preprocessing_version"] == PREPROCESSING_VERSION
 
 
 def test_errors_exit_non_zero_with_one_line(server, tmp_path):

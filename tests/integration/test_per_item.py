@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from mnist_serving.client import Client
-from mnist_serving.common.contract import NO_LABEL
+from mnist_serving.common.contract import NO_DIGIT_FOUND, NO_LABEL
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
 
@@ -140,3 +140,18 @@ def test_a_call_the_caller_cancels_is_counted_cancelled(server, mnist):
     deadline = time.monotonic() + 30
     while cancelled() < before + 1:  # scraping the server's own counter
         assert time.monotonic() < deadline, "the cancelled call was never counted"
+
+
+def test_a_blank_image_is_no_digit_found_alone_and_in_a_batch(server, mnist):
+    blank = _png(np.full((120, 160), 238, np.uint8))
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.ClassifierStub(channel)
+        with pytest.raises(grpc.RpcError) as alone:
+            stub.Classify(pb.ClassifyRequest(image=pb.Image(encoded=blank)), timeout=30)
+        assert alone.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert alone.value.details().startswith(f"image.encoded: {NO_DIGIT_FOUND}")
+        images = [pb.Image(encoded=_png(255 - mnist.x_test[0])), pb.Image(encoded=blank)]
+        response = stub.ClassifyBatch(pb.ClassifyBatchRequest(images=images), timeout=30)
+    assert [(e.index, e.code) for e in response.errors] == [(1, "INVALID_ARGUMENT")]
+    assert NO_DIGIT_FOUND in response.errors[0].message
+    assert response.labels[0] == mnist.y_test[0] and response.labels[1] == NO_LABEL

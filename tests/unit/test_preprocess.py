@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from mnist_serving.client import Client
+from mnist_serving.common.contract import NO_DIGIT_FOUND
 from mnist_serving.server import preprocess
 from mnist_serving.server.errors import InvalidInput
 
@@ -65,8 +66,9 @@ def test_light_background_is_inverted(mnist):
     assert np.abs(light.astype(int) - dark.astype(int)).max() <= 1
 
 
-def test_blank_image_gives_blank_digit():
-    assert not preprocess.decode(_encode(np.full((50, 50), 255, np.uint8))).any()
+def test_blank_image_is_invalid_input_saying_no_digit_found():
+    with pytest.raises(InvalidInput, match=f"image.encoded: {NO_DIGIT_FOUND}"):
+        preprocess.decode(_encode(np.full((50, 50), 255, np.uint8)))
 
 
 @pytest.mark.parametrize("data", [b"", b"\x89PNG\r\n\x1a\n garbage", b"GIF89a"])

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mnist_serving.common.contract import IMAGE_PIXELS, IMAGE_SHAPE
+from mnist_serving.common.contract import IMAGE_PIXELS, IMAGE_SHAPE, NO_DIGIT_FOUND
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.server import preprocess
@@ -93,14 +93,18 @@ def test_arbitrary_bytes_never_crash_the_decoder(data):
     fmt=st.sampled_from(["PNG", "BMP", "GIF", "TIFF", "WEBP", "JPEG"]),
     mode=st.sampled_from(["L", "RGB", "RGBA", "1", "P"]),
 )
-def test_any_real_image_becomes_a_28x28_digit(width, height, seed, fmt, mode):
+def test_any_real_image_becomes_a_28x28_digit_or_no_digit_found(width, height, seed, fmt, mode):
     rng = np.random.default_rng(seed)
     image = Image.fromarray(rng.integers(0, 256, (height, width), dtype=np.uint8)).convert(mode)
     if fmt == "JPEG" and mode in ("RGBA", "P", "1"):
         image = image.convert("RGB")
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
-    out = preprocess.decode(buffer.getvalue())
+    try:
+        out = preprocess.decode(buffer.getvalue())
+    except InvalidInput as exc:  # random noise often holds no digit: said so, never a crash
+        assert f"image.encoded: {NO_DIGIT_FOUND}" in str(exc)
+        return
     assert out.shape == (28, 28) and out.dtype == np.uint8
 
 
