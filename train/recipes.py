@@ -25,6 +25,7 @@ class Recipe:
     label_smoothing: float = 0.0
     one_cycle: bool = False
     max_shift: int = 0  # random ±px translation of training images
+    augment: bool = False  # rotation, scale, shear, elastic and stroke-width distortions (augment.py)
     rho: float = 0.9
     eps: float = 1e-7
 
@@ -43,12 +44,13 @@ RECIPES = {
         val_fraction=0.2,
         checkpoint_metric="val_loss",
     ),
-    # Same architecture, modern training: ≥ 99% in under a minute on two cores.
+    # Same architecture, modern training and distortions like the field's (photos, scans,
+    # other writers): ≥ 99% on MNIST, and robust off it, in under 90 s on two cores.
     "default": Recipe(
         name="default",
         optimizer="adamw",
         lr=3e-3,
-        epochs=24,
+        epochs=20,
         batch_size=256,
         val_fraction=0.1,
         checkpoint_metric="val_acc",
@@ -57,7 +59,7 @@ RECIPES = {
         weight_decay=1e-2,
         label_smoothing=0.1,
         one_cycle=True,
-        max_shift=2,
+        augment=True,
     ),
 }
 

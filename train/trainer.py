@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from mnist_serving.train import augment
 from mnist_serving.train.model import MnistMLP, Normalize
 from mnist_serving.train.recipes import Recipe
 
@@ -126,7 +127,11 @@ def fit(
         )
         for step in bar:
             index = order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
-            batch = random_shift(fit_x[index], recipe.max_shift, generator)
+            batch = (
+                augment.distort(fit_x[index], augment.Augmentation(), generator)
+                if recipe.augment
+                else random_shift(fit_x[index], recipe.max_shift, generator)
+            )
             target = fit_y[index]
             logits = model(normalize(batch))
             loss = F.cross_entropy(logits, target, label_smoothing=recipe.label_smoothing)

@@ -4,6 +4,7 @@ import json
 
 import torch
 
+from mnist_serving.train.augment import Augmentation, distort
 from mnist_serving.train.cli import main as train_main
 from mnist_serving.train.model import MnistMLP, summary
 from mnist_serving.train.recipes import get_recipe
@@ -42,6 +43,21 @@ def test_seed_recipe_matches_the_walkthrough():
     )
     assert (seed.val_fraction, seed.checkpoint_metric) == (0.2, "val_loss")
     assert (seed.normalize_mean, seed.normalize_std) == (0.0, 1.0)
+    assert (seed.augment, seed.max_shift, seed.label_smoothing) == (False, 0, 0.0)  # no extras
+
+
+def test_distortions_stay_in_range_and_vary_but_vanish_at_zero(mnist):
+    images = torch.from_numpy(mnist.x_train[:64].astype("float32"))
+    generator = torch.Generator().manual_seed(0)
+    still = distort(images, Augmentation(0, 0, 0, 0, 0, 0), generator)
+    assert torch.allclose(still, images, atol=1e-2)  # the grid maps every pixel onto itself
+    moved = distort(images, Augmentation(), generator)
+    assert moved.shape == images.shape and moved.min() >= 0 and moved.max() <= 255
+    changed = (moved - images).abs().mean((1, 2))
+    assert (changed > 1).float().mean() > 0.9  # nearly every image is distorted
+    # …but keeps its ink: mass within what thickness and scale can do (not blanked, not flooded)
+    ratio = moved.sum((1, 2)) / images.sum((1, 2))
+    assert ratio.min() > 0.3 and ratio.max() < 2.5
 
 
 def test_random_shift_moves_ink_without_changing_it():
