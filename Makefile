@@ -6,7 +6,7 @@ MODELS ?= models
 RUNS ?= runs
 SERVE_ARGS ?=
 
-.PHONY: run model train export serve test compose-test images lint protos bench bench-quick soak reliability audit clean
+.PHONY: run model train export serve test compose-test images lint protos bench bench-quick field soak reliability audit clean
 
 # Main job: environment → data → train (if no run) → export with parity (if no model) → serve.
 run: model
@@ -72,6 +72,13 @@ protos: $(VENV)/.installed-dev
 bench: model $(VENV)/.installed-dev
 	bench/peers/setup.sh
 	$(BIN)/python bench/run.py --docs docs/benchmarks.md
+
+# The field set (photos, prints, pens, scans; bench/field/): regenerate it from its seed, check
+# its hash, and print accuracy per condition for preprocessing v1 and v2 with the published model.
+field: model $(VENV)/.installed-dev
+	$(BIN)/python bench/field/generate.py
+	$(BIN)/python bench/field/evaluate.py --preprocessing 1,2
+	$(BIN)/python bench/field/speed.py
 
 bench-quick: model $(VENV)/.installed-dev
 	$(BIN)/python bench/run.py --quick --peers ""

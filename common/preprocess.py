@@ -20,6 +20,7 @@ Pillow and numpy only. The steps, in order (each pinned by a test on the case it
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import warnings
@@ -126,13 +127,14 @@ def mnist_style(gray: np.ndarray) -> np.ndarray:
     if not mask.any():
         raise NoDigitFound("no ink stands out from the background")
     gate, (top, bottom, left, right) = _digit_region(ink, mask)
-    strong = _quantile(ink[gate], 0.9)
+    strong = _quantile(ink[gate & mask], 0.9)
     if strong < MIN_INK_LEVEL or strong < 6.0 * noise:
         raise NoDigitFound(f"ink contrast {strong:.0f} of 255 against noise {noise:.1f}")
     span = max(bottom - top, right - left)
     if span < max(2, MIN_DIGIT_FRACTION * min(gray.shape)):
         raise NoDigitFound(f"largest mark is {span} px in a {gray.shape[1]}x{gray.shape[0]} image")
     floor = threshold / 2  # haze and JPEG ringing below half the threshold are paper
+    # Soft edges stay (anti-aliasing, as MNIST has); only what lies outside the kept components goes.
     region = ink[top:bottom, left:right] * gate[top:bottom, left:right]
     digit = np.clip((region - floor) / max(strong - floor, 1.0), 0.0, 1.0)
     return _centre(digit)
@@ -141,32 +143,64 @@ def mnist_style(gray: np.ndarray) -> np.ndarray:
 def _ink_signal(gray: np.ndarray) -> tuple[np.ndarray, float]:
     """Steps 4-5: how much each pixel departs from the paper, towards the ink's side (≥ 0),
     and the paper's noise level in grey levels."""
-    residual = gray - _background(gray)
-    noise = _noise_level(residual)
-    spread = 3.0 * noise + 4.0
-    dark = np.maximum(-residual - spread, 0).sum()
-    light = np.maximum(residual - spread, 0).sum()
-    return np.maximum(-residual if dark >= light else residual, 0), noise
-
-
-def _background(gray: np.ndarray) -> np.ndarray | float:
-    """The paper's level: block medians (robust to the ink within), smoothed over neighbours."""
     height, width = gray.shape
-    if min(height, width) < SMALL_SIDE:
+    if min(height, width) < SMALL_SIDE:  # one level: the border's median
         border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-        return _quantile(border, 0.5)
+        level = _quantile(border, 0.5)
+        residual = gray - level
+        noise = _noise_level(residual)
+        return np.maximum(level - gray if _dark_ink(residual, noise) else residual, 0), noise
+    blocks = _sorted_blocks(gray)
+    residual = gray - _background(blocks, 0.5, gray.shape)
+    noise = _noise_level(residual)
+    dark = _dark_ink(residual, noise)
+    # Now that the ink's side is known, the paper is the other side of each block: a block
+    # mostly covered by a bold stroke still shows paper in its lightest quarter.
+    background = _background(blocks, 0.75 if dark else 0.25, gray.shape)
+    return np.maximum(background - gray if dark else gray - background, 0), noise
+
+
+def _dark_ink(residual: np.ndarray, noise: float) -> bool:
+    """Ink is the side that departs further from the paper (beyond its noise), in total."""
+    spread = 3.0 * noise + 4.0
+    return bool(np.maximum(-residual - spread, 0).sum() >= np.maximum(residual - spread, 0).sum())
+
+
+def _sorted_blocks(gray: np.ndarray) -> np.ndarray:
+    """The image in square blocks about a sixth of its short side, each block's values sorted
+    (a remainder of under one block at the right and bottom edges is left out)."""
+    height, width = gray.shape
     block = max(8, min(height, width) // 6)
-    rows, cols = -(-height // block), -(-width // block)
-    padded = np.pad(gray, ((0, rows * block - height), (0, cols * block - width)), mode="edge")
-    blocks = padded.reshape(rows, block, cols, block).transpose(0, 2, 1, 3).reshape(rows, cols, -1)
-    grid = np.sort(blocks, axis=2)[:, :, blocks.shape[2] // 2]
-    # A block that is mostly ink (a thick stroke) must not pass for paper: median of 3×3 blocks.
-    ring = np.pad(grid, 1, mode="edge")
+    rows, cols = height // block, width // block
+    blocks = gray[: rows * block, : cols * block].reshape(rows, block, cols, block)
+    return np.sort(blocks.transpose(0, 2, 1, 3).reshape(rows, cols, -1), axis=2)
+
+
+def _background(blocks: np.ndarray, quantile: float, shape: tuple[int, int]) -> np.ndarray:
+    """The paper's level: a quantile of each block, the median of each 3×3 neighbourhood of
+    blocks (so a block that is mostly ink cannot pass for paper), smoothed to every pixel."""
+    rows, cols, count = blocks.shape
+    grid = blocks[:, :, int(quantile * (count - 1))]
+    ring = grid[np.clip(np.arange(-1, rows + 1), 0, rows - 1)][
+        :, np.clip(np.arange(-1, cols + 1), 0, cols - 1)
+    ]
     neighbours = np.stack([ring[r : r + rows, c : c + cols] for r in range(3) for c in range(3)])
-    grid = np.sort(neighbours, axis=0)[4].astype(np.float32)
-    # Block centres → every pixel, bilinear (Pillow's resize maps centres to centres).
-    smooth = Image.fromarray(grid, mode="F").resize((cols * block, rows * block), Image.Resampling.BILINEAR)
-    return np.asarray(smooth, dtype=np.float32)[:height, :width]
+    grid = np.sort(neighbours, axis=0)[4]
+    return _upsample(rows, shape[0]) @ grid @ _upsample(cols, shape[1]).T
+
+
+@functools.lru_cache(maxsize=256)
+def _upsample(points: int, size: int) -> np.ndarray:
+    """[size, points] weights of linear interpolation between evenly spread block centres."""
+    centres = (np.arange(points) + 0.5) * size / points
+    position = np.clip(np.interp(np.arange(size) + 0.5, centres, np.arange(points)), 0, points - 1)
+    lower = np.minimum(position.astype(int), max(points - 2, 0))
+    frac = position - lower
+    weights = np.zeros((size, points), np.float32)
+    weights[np.arange(size), lower] = 1 - frac
+    if points > 1:
+        weights[np.arange(size), lower + 1] += frac
+    return weights
 
 
 def _quantile(values: np.ndarray, q: float) -> float:
@@ -178,7 +212,7 @@ def _quantile(values: np.ndarray, q: float) -> float:
 
 def _noise_level(values: np.ndarray) -> float:
     """Robust spread (scaled median absolute deviation) of the paper, i.e. of most pixels."""
-    sample = values.ravel()[:: max(1, values.size // 5000)]
+    sample = values.ravel()[:: max(1, values.size // 2000)]
     return 1.4826 * _quantile(np.abs(sample - _quantile(sample, 0.5)), 0.5)
 
 
@@ -196,7 +230,8 @@ def _otsu(ink: np.ndarray) -> float:
 
 
 def _digit_region(ink: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """Steps 8-9: a pixel gate of the significant components near the largest, and its box."""
+    """Steps 8-9: where the kept components lie (a pixel gate, one cell wider than their
+    cells, so stroke edges below the threshold stay), and the box of their ink."""
     height, width = mask.shape
     cell = max(1, -(-min(height, width) // 24))  # about 24 cells on the short side
     rows, cols = -(-height // cell), -(-width // cell)
@@ -205,7 +240,7 @@ def _digit_region(ink: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, tuple[
     grid = weights.reshape(rows, cell, cols, cell).sum(axis=(1, 3))
     components = _components(grid > 0, grid)
     if len(components) == 1:  # the usual clean image: the mask is the digit
-        gate = mask
+        gate = np.ones_like(mask)
     else:
         main = max(components, key=lambda c: c.mass)
         reach = 0.5 * max(main.bottom - main.top, main.right - main.left)
@@ -214,11 +249,24 @@ def _digit_region(ink: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, tuple[
             if c is main or (c.mass >= COMPONENT_SHARE * main.mass and c.gap_to(main) <= reach):
                 for row, start, end in c.runs:
                     cells[row, start:end] = True
-        gate = np.repeat(np.repeat(cells, cell, axis=0), cell, axis=1)[:height, :width] & mask
-    rows_any, cols_any = gate.any(axis=1), gate.any(axis=0)
+        grown = cells.copy()  # one cell wider, so the edges of strokes stay
+        grown[1:] |= cells[:-1]
+        grown[:-1] |= cells[1:]
+        grown[:, 1:] |= grown[:, :-1].copy()
+        grown[:, :-1] |= grown[:, 1:].copy()
+        gate = np.repeat(np.repeat(grown, cell, axis=0), cell, axis=1)[:height, :width]
+        core = np.repeat(np.repeat(cells, cell, axis=0), cell, axis=1)[:height, :width] & mask
+        rows_any, cols_any = core.any(axis=1), core.any(axis=0)
+        return gate, _box(rows_any, cols_any)
+    rows_any, cols_any = mask.any(axis=1), mask.any(axis=0)
+    return gate, _box(rows_any, cols_any)
+
+
+def _box(rows_any: np.ndarray, cols_any: np.ndarray) -> tuple[int, int, int, int]:
+    height, width = len(rows_any), len(cols_any)
     top, bottom = int(rows_any.argmax()), height - int(rows_any[::-1].argmax())
     left, right = int(cols_any.argmax()), width - int(cols_any[::-1].argmax())
-    return gate, (top, bottom, left, right)
+    return top, bottom, left, right
 
 
 class _Component:
@@ -292,10 +340,12 @@ def _centre(digit: np.ndarray) -> np.ndarray:
     height, width = digit.shape
     scale = DIGIT_BOX / max(height, width)
     new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-    resized = Image.fromarray((digit * 255).astype(np.uint8)).resize(
-        (new_w, new_h), Image.Resampling.LANCZOS, reducing_gap=3.0
-    )
-    box = np.asarray(resized, dtype=np.float32)
+    pixels = (digit * 255).astype(np.uint8)
+    if (new_h, new_w) == (height, width):  # already 20 px (MNIST-sized input): nothing to scale
+        box = pixels.astype(np.float32)
+    else:
+        resized = Image.fromarray(pixels).resize((new_w, new_h), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        box = np.asarray(resized, dtype=np.float32)
     total = box.sum()
     if total <= 0:
         raise NoDigitFound("the ink vanished when scaled to 20x20")

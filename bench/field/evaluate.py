@@ -160,15 +160,16 @@ def confusion_plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def example_strip(results: dict, path: Path, per_condition: int = 2) -> None:
-    """Each picked input (as a viewer shows it) above the 28×28 the model saw, upscaled."""
+def example_strip(results: dict, path: Path, picks: tuple[int, ...] = (3, 16)) -> None:
+    """Inputs (as a viewer shows them: EXIF applied) above the 28×28 the model saw, upscaled;
+    the same positions within every condition, not chosen by outcome."""
     last = results["last"]
     picked: list[int] = []
     seen: dict[str, int] = defaultdict(int)
     for i, condition in enumerate(last["conditions"]):
-        if seen[condition] < per_condition:
-            seen[condition] += 1
+        if seen[condition] in picks:
             picked.append(i)
+        seen[condition] += 1
     tile = 112
     strip = Image.new("RGB", (tile * len(picked), 2 * tile + 4), "white")
     for k, i in enumerate(picked):

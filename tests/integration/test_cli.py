@@ -138,3 +138,14 @@ def test_errors_exit_non_zero_with_one_line(server, tmp_path):
     assert code == 1 and "UNAVAILABLE" in err
     code, _, err = cli(server=server)
     assert code == 2 and "no inputs" in err
+
+
+def test_the_readme_examples_are_answered_rightly(server):
+    """`mnist-classify docs/examples/*` as the README shows it: photos (one stored sideways with
+    an EXIF tag), a printed digit, a pen stroke and a scan; the digit is in each file's name."""
+    examples = sorted((Path(__file__).parents[2] / "docs" / "examples").iterdir())
+    assert len(examples) >= 5
+    code, out, err = cli(*map(str, examples), "--no-progress", server=server)
+    assert code == 0, err
+    rows = {Path(r["source"]).name: int(r["label"]) for r in csv.DictReader(io.StringIO(out))}
+    assert rows == {p.name: int(p.stem.rsplit("-", 1)[1]) for p in examples}
