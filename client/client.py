@@ -206,6 +206,15 @@ class Client:
     def server_metadata(self) -> v2.ServerMetadataResponse:
         return self._call(self.v2.ServerMetadata, v2.ServerMetadataRequest())
 
+    def preprocessing_version(self, name: str = MODEL_NAME) -> str | None:
+        """The server's preprocessing version (None from a server that does not say)."""
+        parameters = self.model_metadata(name).parameters
+        return (
+            parameters["preprocessing_version"].string_param
+            if "preprocessing_version" in parameters
+            else None
+        )
+
     def model_metadata(self, name: str = MODEL_NAME, version: str = "") -> v2.ModelMetadataResponse:
         return self._call(self.v2.ModelMetadata, v2.ModelMetadataRequest(name=name, version=version))
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnist_serving.common import preprocess
 from mnist_serving.common.contract import IMAGE_HEIGHT, IMAGE_SHAPE, IMAGE_WIDTH, pixels_from_unit_floats
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 
@@ -21,6 +22,18 @@ def _array_image(array: np.ndarray) -> pb.Image:
     if np.issubdtype(array.dtype, np.floating):
         return pb.Image(pixels=pb.FloatPixels(values=array.astype(np.float32).ravel().tolist()))
     raise ValueError(f"array image has dtype {array.dtype}; expected uint8 or float in [0, 1]")
+
+
+def preprocess_image(item: str | Path | bytes) -> np.ndarray:
+    """An encoded image (path or bytes) → the 28×28 uint8 digit the server would make of it.
+
+    The same pipeline as the server's (``mnist_serving.common.preprocess``), so a caller can
+    decode where the data is and send raw pixels; compare ``PREPROCESSING_VERSION`` with the
+    server's (``Client.preprocessing_version()``) first. Raises ``ImageError`` (its subclass
+    ``NoDigitFound`` for a blank image).
+    """
+    data = Path(item).read_bytes() if isinstance(item, (str, Path)) else bytes(item)
+    return preprocess.decode(data)[0]
 
 
 def to_image(item: ImageLike) -> pb.Image:

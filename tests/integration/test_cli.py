@@ -149,3 +149,17 @@ def test_the_readme_examples_are_answered_rightly(server):
     assert code == 0, err
     rows = {Path(r["source"]).name: int(r["label"]) for r in csv.DictReader(io.StringIO(out))}
     assert rows == {p.name: int(p.stem.rsplit("-", 1)[1]) for p in examples}
+
+
+def test_the_client_preprocesses_like_the_server(server):
+    """Decoding where the data is: the library's preprocess_image gives the server's pixels."""
+    from mnist_serving.client import PREPROCESSING_VERSION, Client, preprocess_image
+
+    examples = sorted((Path(__file__).parents[2] / "docs" / "examples").iterdir())
+    with Client(server.address) as client:
+        assert client.preprocessing_version() == PREPROCESSING_VERSION
+        for path in examples:
+            local = client.classify(preprocess_image(path), probabilities=True)
+            remote = client.classify(path, probabilities=True)
+            assert local.label == remote.label
+            assert np.allclose(local.probabilities, remote.probabilities, atol=1e-6)
