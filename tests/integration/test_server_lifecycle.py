@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import queue
 import shutil
 import signal
 import subprocess
@@ -207,3 +208,26 @@ def test_sigterm_answers_accepted_requests_and_exits_zero(model_repository, mnis
     server.stop()
     log = (tmp_path / "log").read_text()
     assert "SIGTERM: draining" in log and "stopped" in log
+
+
+def test_calls_beyond_max_concurrent_rpcs_are_refused_before_any_work(model_repository, mnist, tmp_path):
+    server = ServerProcess(model_repository, "--max-concurrent-rpcs", "1", log_path=tmp_path / "log")
+    try:
+        server.wait_serving()
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.ClassifierStub(channel)
+            requests: queue.Queue = queue.Queue()
+            stream = stub.ClassifyStream(iter(requests.get, None), timeout=60)
+            requests.put(pb.ClassifyBatchRequest(raw=pb.RawBatch(data=mnist.x_test[:1].tobytes(), count=1)))
+            assert next(stream).count == 1  # the open stream holds the one slot
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Classify(pb.ClassifyRequest(image=pb.Image(raw=mnist.x_test[0].tobytes())), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            requests.put(None)  # the stream ends, its slot frees, and calls are taken again
+            assert list(stream) == []
+            answer = stub.Classify(
+                pb.ClassifyRequest(image=pb.Image(raw=mnist.x_test[0].tobytes())), timeout=10
+            )
+            assert answer.prediction.label >= 0
+    finally:
+        assert server.stop() == 0

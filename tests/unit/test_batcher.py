@@ -289,3 +289,22 @@ def test_small_runs_stay_on_the_event_loop_and_large_ones_go_to_the_thread():
     loop_thread = run(go())
     assert threads[0] == (8, loop_thread)
     assert threads[1][0] == 9 and threads[1][1] != loop_thread
+
+
+def test_the_queue_is_bounded_by_images_not_only_requests():
+    async def go():
+        model = GatedModel()
+        settings = BatchingSettings(max_batch_size=64, max_queue=100, max_queue_images=10)
+        batcher = DynamicBatcher(model, settings)
+        a = asyncio.ensure_future(batcher.infer(images([1] * 8)))
+        await wait_started(model)
+        with pytest.raises(Overloaded, match="images"):
+            await batcher.infer(images([2] * 5))  # 8 + 5 images > 10, though only 2 requests
+        small = asyncio.ensure_future(batcher.infer(images([3, 3])))  # 8 + 2 fits
+        await asyncio.sleep(0)
+        model.release(2)
+        await asyncio.gather(a, small)
+        await batcher.close()
+        return batcher
+
+    assert run(go()).stats.refused_overload == 1

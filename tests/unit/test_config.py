@@ -8,6 +8,7 @@ from mnist_serving.server import workers as workers_module
 from mnist_serving.server.config import ServerConfig, load_config
 from mnist_serving.server.errors import StartupError
 from mnist_serving.server.runner import CPU, CUDA, select_providers
+from mnist_serving.server.security import load_tokens
 
 
 def test_defaults():
@@ -113,3 +114,10 @@ def test_each_worker_keeps_the_settings_derived_from_the_worker_count(
     worker = workers_module.worker_settings(config, port=50051, index=1)
     assert (worker.workers, worker.decode_processes, worker.inline_images) == (1, 2, 0)
     assert worker.metrics_port == config.metrics_port + 1
+
+
+def test_token_file_skips_comments_and_blank_lines_after_stripping(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# header\n   # indented comment\n\n  alpha  \n\tbeta\n")
+    config = ServerConfig(auth_token="gamma", auth_token_file=tokens)
+    assert load_tokens(config) == [b"gamma", b"alpha", b"beta"]

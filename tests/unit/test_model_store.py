@@ -1,6 +1,7 @@
 """ModelStore against the tiny model: loading, lookup, refusals, and the metrics it records."""
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -129,3 +130,43 @@ def test_external_data_initialisers_are_refused(tmp_path):
     (directory / "w.bin").write_bytes((work / "w.bin").read_bytes())  # even with the data beside it
     with pytest.raises(StartupError, match="cannot load model"):
         store_for(repository).build("mnist", 1)
+
+
+def test_a_version_that_takes_too_long_to_build_is_refused_and_the_old_one_serves(
+    tiny_repository, monkeypatch
+):
+    from mnist_serving.server.app import MnistServer
+    from mnist_serving.server.config import ServerConfig
+
+    release = threading.Event()
+
+    async def go():
+        config = ServerConfig(
+            model_repository=tiny_repository,
+            host="127.0.0.1",
+            port=0,
+            metrics_port=-1,
+            model_load_timeout=0.5,
+        )
+        server = MnistServer(config)
+        await server.start_transport()
+        await server.load_models()
+        publish_tiny(tiny_repository, "mnist", 2)
+        build = server.store.build
+
+        def stuck(name, version):
+            if version == 2:
+                release.wait(30)  # a build that hangs (a wedged disk, a stuck provider)
+            return build(name, version)
+
+        monkeypatch.setattr(server.store, "build", stuck)
+        await server.poll_once()
+        serving = server.store.get("mnist").version
+        pending = server.store.pending()
+        failed = server.metrics.model_loads.labels("mnist", "2", "failed")._value.get()
+        release.set()
+        await server.stop()
+        return serving, pending, failed
+
+    serving, pending, failed = asyncio.run(go())
+    assert serving == 1 and pending == [] and failed == 1  # refused, counted, not retried
