@@ -1,36 +1,47 @@
 """`mnist-classify`: batch classification from the shell, plus `health` and `info`.
 
-mnist-classify digit.png scans/ train-images-idx3-ubyte.gz arrays.npy
+mnist-classify digit.png scans/ 'photos/**/*.jpg' train-images-idx3-ubyte.gz arrays.npy
+mnist-classify scans/ -o results.csv            # kill it, then add --resume to go on
 mnist-classify --mnist-test --format jsonl --output results.jsonl
+mnist-classify --model-repository models scans/   # no server: the published model in process
 mnist-classify health
 mnist-classify info
 
-Images the server cannot classify (undecodable, wrong size) become rows with an `error`.
+Inputs are streamed in command-line order; rows are written in that order as the job goes.
+Image files are decoded here, in --decode-workers processes, with the server's own
+preprocessing (--server-decode sends them encoded instead). A file that cannot be read or
+decoded, or an image the server rejects, becomes a row with an `error`; the job goes on.
+UNAVAILABLE and RESOURCE_EXHAUSTED are retried with backoff (--retries).
+
 Exit codes: 0 every image classified; 3 some could not be (see the error rows);
-1 the server or transport failed; 2 bad usage or unreadable input.
+1 the server or transport failed and the job stopped; 2 bad usage or unreadable input;
+130 interrupted (SIGINT: the output holds every row written); 141 standard output closed
+early (`mnist-classify ... | head`), quietly, as Unix tools do.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
 
 import numpy as np
 from tqdm import tqdm
 
+from mnist_serving.client.backends import LocalBackend, ServerBackend
 from mnist_serving.client.client import DEFAULT_SERVER, Client
-from mnist_serving.client.results import BatchResult, ClassifyError
-from mnist_serving.client.sources import Batch, InputError, expand, read_file
-from mnist_serving.common.contract import MODEL_NAME, NUM_CLASSES
+from mnist_serving.client.job import Job, Row, Summary
+from mnist_serving.client.output import ResumeError, Writer, completed
+from mnist_serving.client.results import ClassifyError
+from mnist_serving.client.sources import Chunk, InputError, Inputs, chunks, listed_inputs
+from mnist_serving.common.contract import MODEL_NAME
 from mnist_serving.common.idx import IdxError, read_idx
 from mnist_serving.common.preprocess import PREPROCESSING_VERSION
-from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 
 
 def _connection_args(parser: argparse.ArgumentParser) -> None:
@@ -70,14 +81,37 @@ def classify_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mnist-classify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("inputs", nargs="*", help="image files, directories, IDX files, .npy/.npz, or -")
+    parser.add_argument(
+        "inputs", nargs="*", help="image files, directories, globs, IDX files, .npy/.npz, or - (stdin)"
+    )
+    parser.add_argument(
+        "--files-from", metavar="FILE", help="also read input paths from FILE, one per line (- for stdin)"
+    )
     parser.add_argument("--mnist-test", action="store_true", help="classify the 10,000 MNIST test images")
     parser.add_argument("--labels", type=Path, help="IDX or .npy labels for the inputs (for accuracy)")
     parser.add_argument("--format", choices=["csv", "jsonl"], default="csv", help="output format")
     parser.add_argument("--output", "-o", type=Path, help="write results here instead of stdout")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted job: keep --output's rows, add the rest",
+    )
     parser.add_argument("--probabilities", action="store_true", help="include the ten probabilities")
-    parser.add_argument("--batch-size", type=int, default=1024, help="images per request")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per request")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    parser.add_argument(
+        "--decode-workers", type=int, default=0, help="processes decoding image files here (0: one per core)"
+    )
+    parser.add_argument(
+        "--server-decode",
+        action="store_true",
+        help="send encoded files for the server to decode (thin clients)",
+    )
+    parser.add_argument(
+        "--model-repository",
+        type=Path,
+        help="run the published model in process (onnxruntime, no server; extra [offline])",
+    )
     parser.add_argument("--model", default="", help="model name (default: the server's 'mnist')")
     parser.add_argument("--model-version", default="", help="model version (default: the served one)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -85,139 +119,135 @@ def classify_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Writer:
-    """CSV or JSON Lines rows: source, index, label, confidence[, probabilities], error.
-
-    An image the server could not classify gets a row too: no label or confidence, and the
-    reason in ``error``; ``failed`` counts them.
-    """
-
-    def __init__(self, out: TextIO, fmt: str, probabilities: bool) -> None:
-        self.out, self.fmt, self.probabilities = out, fmt, probabilities
-        self.failed = 0
-        if fmt == "csv":
-            self.csv = csv.writer(out)
-            header = ["source", "index", "label", "confidence"]
-            probs = [f"p{d}" for d in range(NUM_CLASSES)] if probabilities else []
-            self.csv.writerow([*header, *probs, "error"])
-
-    def rows(self, sources: list[str], indices: list[int] | np.ndarray, result: BatchResult) -> None:
-        labels, confidences, probs = result.labels, result.confidences, result.probabilities
-        for i, (source, index) in enumerate(zip(sources, indices, strict=True)):
-            error = result.errors.get(i)
-            self.failed += error is not None
-            if self.fmt == "csv":
-                if error is not None:
-                    empty = [""] * (NUM_CLASSES if self.probabilities else 0)
-                    self.csv.writerow([source, int(index), "", "", *empty, error])
-                    continue
-                row = [source, int(index), int(labels[i]), f"{confidences[i]:.6f}"]
-                if self.probabilities:
-                    row += [f"{p:.6f}" for p in probs[i]]
-                self.csv.writerow([*row, ""])
-            else:
-                entry = {"source": source, "index": int(index)}
-                if error is not None:
-                    entry.update(label=None, confidence=None, error=error)
-                else:
-                    entry.update(label=int(labels[i]), confidence=round(float(confidences[i]), 6))
-                    if self.probabilities:
-                        entry["probabilities"] = [round(float(p), 6) for p in probs[i]]
-                self.out.write(json.dumps(entry) + "\n")
-
-
 def _load_labels(path: Path) -> np.ndarray:
     if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False, mmap_mode="r")
     return read_idx(path)
 
 
-def _batches(args: argparse.Namespace) -> list[Batch]:
-    batches: list[Batch] = []
-    if args.mnist_test:
-        from mnist_serving.common.mnist_data import load_mnist
+def _arrays(args: argparse.Namespace) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    if not args.mnist_test:
+        return []
+    from mnist_serving.common.mnist_data import load_mnist
 
-        data = load_mnist()
-        batches.append(Batch("mnist-test", array=data.x_test, labels=data.y_test))
-    batches.extend(expand(args.inputs))
-    if not batches:
-        raise InputError("no inputs: give image files, directories, IDX/.npy/.npz files, - or --mnist-test")
-    if args.labels is not None:
-        labels = _load_labels(args.labels)
-        total = sum(len(b) for b in batches)
-        if len(labels) != total:
-            raise InputError(f"--labels {args.labels}: {len(labels)} labels for {total} images")
-        offset = 0
-        for batch in batches:
-            batch.labels = labels[offset : offset + len(batch)]
-            offset += len(batch)
-    return batches
+    data = load_mnist()
+    return [("mnist-test", data.x_test, data.y_test)]
+
+
+def _backend(args: argparse.Namespace, stack: contextlib.ExitStack) -> tuple[object, bool]:
+    """The backend, and whether files are to be sent encoded (server-side decoding)."""
+    if args.model_repository is not None:
+        return LocalBackend(args.model_repository, args.probabilities, args.model, args.model_version), False
+    client = stack.enter_context(_client(args))
+    server_decode = args.server_decode
+    if not server_decode and (args.inputs or args.files_from):
+        theirs = client.preprocessing_version(args.model or MODEL_NAME)
+        if theirs != PREPROCESSING_VERSION:
+            print(
+                f"mnist-classify: the server preprocesses with version {theirs or 'unknown'}, this client "
+                f"with {PREPROCESSING_VERSION}; sending files for the server to decode (--server-decode)",
+                file=sys.stderr,
+            )
+            server_decode = True
+    return ServerBackend(client, args.probabilities, args.model, args.model_version), server_decode
 
 
 def run_classify(args: argparse.Namespace) -> int:
-    batches = _batches(args)
-    total = sum(len(b) for b in batches)
-    out = args.output.open("w", newline="") if args.output else sys.stdout
-    writer = Writer(out, args.format, args.probabilities)
-    correct = known = 0
-    bar = tqdm(total=total, unit="img", file=sys.stderr, disable=args.no_progress or None, desc="classifying")
+    if not (args.inputs or args.files_from or args.mnist_test):
+        raise InputError("no inputs: give image files, directories, IDX/.npy/.npz files, - or --mnist-test")
+    if args.resume and args.output is None:
+        raise InputError("--resume needs --output: the file whose rows to keep")
+    done, last = completed(args.output, args.format) if args.resume else (0, None)
+    labels = _load_labels(args.labels) if args.labels is not None else None
+    found = Inputs()
+    summary = Summary(skipped=done)
     started = time.perf_counter()
-    try:
-        with _client(args) as client:
-            for batch in batches:
-                if batch.array is not None:
-                    result = client.classify_batch(
-                        batch.array,
-                        args.batch_size,
-                        args.concurrency,
-                        args.probabilities,
-                        args.model,
-                        args.model_version,
-                        progress=bar.update,
-                    )
-                    writer.rows([batch.source] * len(batch), np.arange(len(batch)), result)
-                    labels = batch.labels
-                else:
-                    files = batch.files or []
-                    result_parts = []
-                    for start in range(0, len(files), args.batch_size):
-                        chunk = files[start : start + args.batch_size]
-                        images = [pb.Image(encoded=read_file(p)) for p in chunk]
-                        part = client.classify_batch(
-                            images,
-                            args.batch_size,
-                            1,
-                            args.probabilities,
-                            args.model,
-                            args.model_version,
-                            progress=bar.update,
-                        )
-                        writer.rows([str(p) for p in chunk], [0] * len(chunk), part)
-                        result_parts.append(part)
-                    result = BatchResult(
-                        np.concatenate([r.labels for r in result_parts]),
-                        np.concatenate([r.confidences for r in result_parts]),
-                        None,
-                        "",
-                        "",
-                    )
-                    labels = batch.labels
-                if labels is not None:
-                    classified = result.labels >= 0
-                    known += int(classified.sum())
-                    correct += int((result.labels == np.asarray(labels, dtype=np.int64))[classified].sum())
-    finally:
-        bar.close()
+    with contextlib.ExitStack() as stack:
+        backend, server_decode = _backend(args, stack)
+        job = Job(backend, args.concurrency, args.decode_workers, server_decode)
+        stack.callback(job.close)
+        stream = chunks(listed_inputs(args.inputs, args.files_from), args.batch_size, found, _arrays(args))
+        stream = _skip(stream, done, last)
+        out = args.output.open("a" if done else "w", newline="") if args.output else sys.stdout
         if args.output:
-            out.close()
-    seconds = time.perf_counter() - started
-    summary = f"{total} images in {seconds:.2f} s ({total / seconds:,.0f} images/s)"
-    if known:
-        summary += f"; accuracy {correct / known:.4f} ({correct}/{known})"
-    if writer.failed:
-        summary += f"; {writer.failed} could not be classified (rows with an error)"
-    print(summary, file=sys.stderr)
-    return 3 if writer.failed else 0
+            stack.callback(out.close)
+        writer = Writer(out, args.format, args.probabilities, write_header=not done)
+        bar = tqdm(unit="img", file=sys.stderr, disable=args.no_progress or None, desc="classifying")
+        stack.callback(bar.close)
+        position = done
+
+        def write(rows: list[Row]) -> None:
+            nonlocal position
+            for row in rows:
+                if labels is not None and position < len(labels):
+                    row.truth = int(labels[position])
+                position += 1
+                summary.failed += row.error is not None
+                if row.truth is not None and row.label is not None:
+                    summary.known += 1
+                    summary.correct += row.label == row.truth
+            writer.write(rows)
+            summary.written += len(rows)
+            bar.update(len(rows))
+
+        try:
+            for _ in job.run(stream, write):
+                pass
+        except KeyboardInterrupt:
+            job.stopping = True
+            _print_summary(summary, found, time.perf_counter() - started, interrupted=True)
+            return 130
+    if summary.written + done == 0 and not found.skipped:
+        raise InputError("no images found in the inputs")
+    if labels is not None and position != len(labels):
+        print(f"mnist-classify: --labels has {len(labels)} labels for {position} images", file=sys.stderr)
+    _print_summary(summary, found, time.perf_counter() - started)
+    return 3 if summary.failed else 0
+
+
+def _skip(stream: Iterator[Chunk], count: int, last: tuple[str, int] | None) -> Iterator[Chunk]:
+    """Leave out the first ``count`` rows (already written), checking they are the same images."""
+    seen = 0
+    for chunk in stream:
+        if seen >= count:
+            yield chunk
+            continue
+        names = chunk.names()
+        take = min(len(chunk), count - seen)
+        seen += take
+        if seen == count and last is not None and names[take - 1] != last:
+            raise InputError(
+                f"--resume: the output's last row is {last[0]}#{last[1]}, but the inputs have "
+                f"{names[take - 1][0]}#{names[take - 1][1]} there; not the same job"
+            )
+        if take < len(chunk):
+            yield _tail(chunk, take)
+    if seen < count:
+        raise InputError(f"--resume: the output has {count} rows, the inputs only {seen}; not the same job")
+
+
+def _tail(chunk: Chunk, start: int) -> Chunk:
+    if chunk.array is not None:
+        labels = None if chunk.labels is None else chunk.labels[start:]
+        return Chunk(source=chunk.source, start=chunk.start + start, array=chunk.array[start:], labels=labels)
+    return Chunk(files=chunk.files[start:], stdin=chunk.stdin)
+
+
+def _print_summary(summary: Summary, found: Inputs, seconds: float, interrupted: bool = False) -> None:
+    rate = summary.written / max(seconds, 1e-9)
+    text = f"{summary.written} rows written in {seconds:.2f} s ({rate:,.0f} images/s)"
+    if summary.failed:
+        text += f", {summary.failed} failed (rows with an error)"
+    skipped = summary.skipped + len(found.skipped)
+    if skipped:
+        text += (
+            f", {skipped} skipped ({summary.skipped} already in the output, {len(found.skipped)} not images)"
+        )
+    if summary.known:
+        text += f"; accuracy {summary.correct / summary.known:.4f} ({summary.correct}/{summary.known})"
+    if interrupted:
+        text += "; interrupted: the output holds every row up to the last one written (--resume continues)"
+    print(text, file=sys.stderr)
 
 
 def run_health(argv: list[str]) -> int:
@@ -273,7 +303,12 @@ def main(argv: list[str] | None = None) -> int:
             argv.remove(command)
             return commands[command](argv)
         return run_classify(classify_parser().parse_args(argv))
-    except (InputError, IdxError, OSError) as exc:
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly; later flushes of stdout must not complain.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except (InputError, IdxError, ResumeError, OSError) as exc:
         print(f"mnist-classify: {exc}", file=sys.stderr)
         return 2
     except ClassifyError as exc:

@@ -114,7 +114,8 @@ def _merge(responses: Sequence[pb.ClassifyBatchResponse], probabilities: bool) -
 
 
 def _retryable(exc: grpc.RpcError) -> bool:
-    return exc.code() == grpc.StatusCode.UNAVAILABLE
+    """Transient: a replica going away, or an overloaded one (both pass with a little backoff)."""
+    return exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 class Client:

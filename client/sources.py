@@ -1,12 +1,21 @@
-"""CLI inputs → batches: image files, directories, IDX, .npy/.npz, stdin, the MNIST test set."""
+"""CLI inputs → a lazy stream of chunks, in command-line order, with bounded memory.
+
+Image files (named, in directories walked lazily and recursively, matched by globs or listed
+in ``--files-from``), IDX (gzip or not), ``.npy`` through a memory map, ``.npz``, standard
+input, the MNIST test set. Nothing is read before it is needed: a directory of millions of
+files or a ``.npy`` of ten million images costs one chunk of memory at a time.
+"""
 
 from __future__ import annotations
 
+import glob
 import gzip
 import io
+import mmap
+import os
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,24 +24,39 @@ from mnist_serving.common.contract import IMAGE_PIXELS, IMAGE_SHAPE, pixels_from
 from mnist_serving.common.idx import IdxError, parse_idx
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+STDIN = "-"
 
 
 class InputError(ValueError):
-    """An input cannot be read as images."""
+    """An input cannot be read as images (a usage error: exit 2)."""
 
 
 @dataclass
-class Batch:
-    """Images from one source: either a uint8 array or a list of encoded files."""
+class Chunk:
+    """Consecutive inputs of one kind: files (paths, or stdin bytes) or rows of one array."""
 
-    source: str
-    array: np.ndarray | None = None  # uint8 [N,28,28]
-    files: list[Path] | None = None
+    files: list[Path] = field(default_factory=list)
+    stdin: bytes | None = None  # the encoded image read from standard input
+    source: str = ""  # the array's name (arrays only)
+    start: int = 0  # index of the first row within that array
+    array: np.ndarray | None = None  # uint8 [n,28,28]
     labels: np.ndarray | None = None
-    per_file_source: bool = False
 
     def __len__(self) -> int:
-        return len(self.array) if self.array is not None else len(self.files or [])
+        return len(self.array) if self.array is not None else len(self.files)
+
+    def names(self) -> list[tuple[str, int]]:
+        """(source, index) of each row, as the output names them."""
+        if self.array is not None:
+            return [(self.source, self.start + i) for i in range(len(self.array))]
+        return [(str(p), 0) for p in self.files]
+
+
+@dataclass
+class Inputs:
+    """What the inputs hold, found while streaming them (for the job's summary)."""
+
+    skipped: list[str] = field(default_factory=list)  # non-image files inside directories
 
 
 def _is_idx(data: bytes) -> bool:
@@ -45,6 +69,7 @@ def _is_idx(data: bytes) -> bool:
 
 
 def _as_images(array: np.ndarray, source: str) -> np.ndarray:
+    """uint8 [N,28,28] (a view of ``array`` where it can be: memory maps stay on disk)."""
     if array.ndim == 2 and array.shape == IMAGE_SHAPE:
         array = array[None]
     if array.ndim == 2 and array.shape[1] == IMAGE_PIXELS:
@@ -56,11 +81,17 @@ def _as_images(array: np.ndarray, source: str) -> np.ndarray:
     if array.dtype == np.uint8:
         return array
     if np.issubdtype(array.dtype, np.floating):
-        try:
-            return pixels_from_unit_floats(array)
-        except ValueError as exc:
-            raise InputError(f"{source}: float images {exc}") from None
+        return array  # converted chunk by chunk (see _uint8), so a float memory map stays on disk
     raise InputError(f"{source}: dtype {array.dtype}; expected uint8, or float in [0, 1]")
+
+
+def _uint8(rows: np.ndarray, source: str) -> np.ndarray:
+    if rows.dtype == np.uint8:
+        return np.ascontiguousarray(rows)
+    try:
+        return pixels_from_unit_floats(np.asarray(rows))
+    except ValueError as exc:
+        raise InputError(f"{source}: float images {exc}") from None
 
 
 def _idx_labels_beside(path: Path) -> np.ndarray | None:
@@ -76,67 +107,137 @@ def _idx_labels_beside(path: Path) -> np.ndarray | None:
     return None
 
 
-def _from_bytes(data: bytes, source: str, path: Path | None = None) -> Batch | None:
-    """An array batch if ``data`` is .npy, .npz or IDX; None if it is none of them."""
-    if data[:6] == b"\x93NUMPY":
-        return Batch(source, array=_as_images(np.load(io.BytesIO(data), allow_pickle=False), source))
-    if data[:4] == b"PK\x03\x04" and source.endswith(".npz"):
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+def _array_file(path: Path) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """(images, labels) of a .npy (memory-mapped), .npz or IDX file; None if it is none of them."""
+    with path.open("rb") as f:
+        head = f.read(8)
+    source = str(path)
+    if head[:6] == b"\x93NUMPY":
+        try:
+            return _as_images(np.load(path, mmap_mode="r", allow_pickle=False), source), None
+        except ValueError as exc:
+            raise InputError(f"{source}: {exc}") from None
+    if head[:4] == b"PK\x03\x04" and path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-        images = next((a for k, a in arrays.items() if a.ndim in (2, 3) and a.size % IMAGE_PIXELS == 0), None)
+        images = next((a for a in arrays.values() if a.ndim in (2, 3) and a.size % IMAGE_PIXELS == 0), None)
         if images is None:
             raise InputError(f"{source}: no [N,28,28] array inside")
         labels = next((arrays[k] for k in ("labels", "y", "y_test", "y_train") if k in arrays), None)
-        return Batch(source, array=_as_images(images, source), labels=labels)
-    if _is_idx(data):
-        try:
-            array = parse_idx(data, source)
-        except IdxError as exc:
-            raise InputError(str(exc)) from None
-        labels = _idx_labels_beside(path) if path is not None else None
-        return Batch(source, array=_as_images(array, source), labels=labels)
+        return _as_images(images, source), labels
+    if head[:2] in (b"\x1f\x8b", b"\x00\x00"):
+        data = path.read_bytes()
+        if _is_idx(data):
+            try:
+                return _as_images(parse_idx(data, source), source), _idx_labels_beside(path)
+            except IdxError as exc:
+                raise InputError(str(exc)) from None
     return None
 
 
-def expand(inputs: list[str]) -> Iterator[Batch]:
-    """Each input as one Batch; directories are walked recursively for image files."""
-    pending_files: list[Path] = []
+def _walk(directory: Path, inputs: Inputs) -> Iterator[Path]:
+    """Image files under ``directory``, recursively, in sorted order, listed lazily."""
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError as exc:
+        raise InputError(f"{directory}: {exc.strerror}") from None
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(path, inputs)
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            yield path
+        elif entry.is_file():
+            inputs.skipped.append(str(path))
+
+
+def _listed(files_from: str) -> Iterator[str]:
+    stream = sys.stdin if files_from == STDIN else open(files_from, encoding="utf-8")  # noqa: SIM115
+    try:
+        for line in stream:
+            if line.strip():
+                yield line.rstrip("\n")
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+
+
+def _stdin_array(data: bytes) -> tuple[np.ndarray, np.ndarray | None] | None:
+    if data[:6] == b"\x93NUMPY":
+        return _as_images(np.load(io.BytesIO(data), allow_pickle=False), STDIN), None
+    if _is_idx(data):
+        try:
+            return _as_images(parse_idx(data, STDIN), STDIN), None
+        except IdxError as exc:
+            raise InputError(str(exc)) from None
+    return None
+
+
+def chunks(
+    inputs: Iterable[str],
+    batch_size: int,
+    found: Inputs,
+    arrays: Iterable[tuple[str, np.ndarray, np.ndarray | None]] = (),
+) -> Iterator[Chunk]:
+    """Every input, in order, as chunks of at most ``batch_size`` rows of one kind."""
+    files: list[Path] = []
+
+    def flush() -> Iterator[Chunk]:
+        nonlocal files
+        if files:
+            yield Chunk(files=files)
+            files = []
+
+    def array_chunks(source: str, images: np.ndarray, labels: np.ndarray | None) -> Iterator[Chunk]:
+        yield from flush()
+        mapped = getattr(images, "_mmap", None)  # a .npy on disk: pages are read, used, released
+        for start in range(0, len(images), batch_size):
+            rows = images[start : start + batch_size]
+            part = None if labels is None else np.asarray(labels[start : start + batch_size])
+            pixels = _uint8(rows, source)
+            if mapped is not None:
+                pixels = np.array(pixels, copy=True)
+                mapped.madvise(mmap.MADV_DONTNEED)  # otherwise every page read stays resident
+            yield Chunk(source=source, start=start, array=pixels, labels=part)
+
+    for source, images, labels in arrays:
+        yield from array_chunks(source, images, labels)
     for item in inputs:
-        if item == "-":
+        if item == STDIN:
             data = sys.stdin.buffer.read()
             if not data:
                 raise InputError("-: standard input is empty")
-            yield _from_bytes(data, "-") or _stdin_image(data)
+            array = _stdin_array(data)
+            if array is not None:
+                yield from array_chunks(STDIN, *array)
+            else:
+                yield from flush()
+                yield Chunk(files=[Path(STDIN)], stdin=data)
             continue
         path = Path(item)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
-                raise InputError(f"{path}: no image files found")
-            pending_files.extend(files)
-            continue
-        if not path.is_file():
+            paths = _walk(path, found)
+        elif path.is_file():
+            paths = iter([path]) if path.suffix.lower() in IMAGE_SUFFIXES else None
+            if paths is None:
+                array = _array_file(path)
+                if array is None:
+                    raise InputError(f"{path}: not an image, IDX, .npy or .npz file")
+                yield from array_chunks(str(path), *array)
+                continue
+        elif glob.has_magic(item):
+            paths = (Path(p) for p in sorted(glob.iglob(item, recursive=True)) if Path(p).is_file())
+        else:
             raise InputError(f"{path}: no such file or directory")
-        if path.suffix.lower() in IMAGE_SUFFIXES:
-            pending_files.append(path)
-            continue
-        data = path.read_bytes()
-        batch = _from_bytes(data, str(path), path)
-        if batch is None:
-            raise InputError(f"{path}: not an image, IDX, .npy or .npz file")
-        yield batch
-    if pending_files:
-        yield Batch("files", files=pending_files, per_file_source=True)
+        for image in paths:
+            files.append(image)
+            if len(files) >= batch_size:
+                yield from flush()
+    yield from flush()
 
 
-_STDIN_IMAGES: dict[str, bytes] = {}
-
-
-def _stdin_image(data: bytes) -> Batch:
-    """An encoded image on stdin: kept in memory and sent as one file named '-'."""
-    _STDIN_IMAGES["-"] = data
-    return Batch("-", files=[Path("-")], per_file_source=True)
-
-
-def read_file(path: Path) -> bytes:
-    return _STDIN_IMAGES[str(path)] if str(path) in _STDIN_IMAGES else path.read_bytes()
+def listed_inputs(inputs: list[str], files_from: str | None) -> Iterator[str]:
+    """The positional inputs, then those listed in ``--files-from`` (lazily)."""
+    yield from inputs
+    if files_from is not None:
+        yield from _listed(files_from)

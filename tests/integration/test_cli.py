@@ -127,13 +127,16 @@ def test_errors_exit_non_zero_with_one_line(server, tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     code, _, err = cli(str(tmp_path / "notes.txt"), server=server)
     assert code == 2 and "not an image" in err
-    # An image the server cannot decode is an error row (with its file), not a lost job: exit 3.
+    # An image that cannot be decoded is an error row (naming its file), not a lost job: exit 3.
     (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
     code, out, err = cli(str(tmp_path / "broken.png"), "--no-progress", server=server)
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert code == 3 and "1 could not be classified" in err
+    assert code == 3 and "1 failed" in err
     assert rows[0]["source"] == str(tmp_path / "broken.png") and rows[0]["label"] == ""
-    assert rows[0]["error"].startswith("INVALID_ARGUMENT") and "encoded" in rows[0]["error"]
+    assert rows[0]["error"].startswith(f"{tmp_path / 'broken.png'}: cannot decode image")
+    code, out, err = cli(str(tmp_path / "broken.png"), "--no-progress", "--server-decode", server=server)
+    error = list(csv.DictReader(io.StringIO(out)))[0]["error"]  # decoded by the server: its status
+    assert code == 3 and error.startswith(f"{tmp_path / 'broken.png'}: INVALID_ARGUMENT: images[0].encoded")
     code, _, err = cli("--mnist-test", "--server", "127.0.0.1:1", "--retries", "0")
     assert code == 1 and "UNAVAILABLE" in err
     code, _, err = cli(server=server)

@@ -1,0 +1,105 @@
+"""Where a job's images are classified: the server, or the published model in process.
+
+``LocalBackend`` (``mnist-classify --model-repository DIR``) needs onnxruntime, which the
+``[offline]`` extra brings to a client install; it verifies the published model's SHA-256
+like the server does and gives the same rows (tested against the server on the same inputs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from mnist_serving.client.client import Client
+from mnist_serving.client.results import BatchResult
+from mnist_serving.common import model_repository, preprocess
+from mnist_serving.common.contract import (
+    IMAGE_SHAPE,
+    INPUT,
+    MODEL_NAME,
+    NUM_CLASSES,
+    OUTPUT_LABEL,
+    OUTPUT_PROBABILITIES,
+)
+
+
+class ServerBackend:
+    """The server's ClassifyBatch, one request per chunk (retries as the Client does)."""
+
+    def __init__(self, client: Client, probabilities: bool, model: str = "", version: str = "") -> None:
+        self.client, self.probabilities, self.model, self.version = client, probabilities, model, version
+
+    def _call(self, images: object, count: int) -> BatchResult:
+        return self.client.classify_batch(
+            images, max(1, count), 1, self.probabilities, self.model, self.version
+        )
+
+    def classify_raw(self, images: np.ndarray) -> BatchResult:
+        return self._call(images, len(images))
+
+    def classify_encoded(self, blobs: list[bytes]) -> BatchResult:
+        from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
+
+        return self._call([pb.Image(encoded=b) for b in blobs], len(blobs))
+
+
+class LocalBackend:
+    """The newest (or given) published version of a model, run by onnxruntime in process."""
+
+    def __init__(self, repository: Path, probabilities: bool, model: str = "", version: str = "") -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise SystemExit(
+                "--model-repository runs the model in process and needs onnxruntime: "
+                "pip install 'mnist-serving[offline]'"
+            ) from None
+        name = model or MODEL_NAME
+        if version:
+            directory = model_repository.version_dir(repository, name, int(version))
+        else:
+            newest = model_repository.published_model(repository, name)
+            if newest is None:
+                raise SystemExit(f"{repository}: no published '{name}' model")
+            directory = Path(newest).parent
+        data = (directory / "model.onnx").read_bytes()
+        sidecar = model_repository.read_sidecar(directory)
+        if sidecar.get("model_sha256") != hashlib.sha256(data).hexdigest():
+            raise SystemExit(f"{directory}: model.onnx does not match its sidecar's SHA-256; refusing it")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        self.name, self.version = name, directory.name
+        self.probabilities = probabilities
+
+    def classify_raw(self, images: np.ndarray) -> BatchResult:
+        probs, labels = self.session.run(
+            [OUTPUT_PROBABILITIES.name, OUTPUT_LABEL.name], {INPUT.name: np.ascontiguousarray(images)}
+        )
+        confidences = probs[np.arange(len(labels)), labels]
+        return BatchResult(
+            labels, confidences, probs if self.probabilities else None, self.name, self.version
+        )
+
+    def classify_encoded(self, blobs: list[bytes]) -> BatchResult:
+        """What the server does with encoded images: the same pipeline, per-item errors."""
+        images, rows, errors = [], [], {}
+        for i, blob in enumerate(blobs):
+            try:
+                images.append(preprocess.decode(blob)[0])
+                rows.append(i)
+            except preprocess.ImageError as exc:
+                errors[i] = f"INVALID_ARGUMENT: images[{i}].encoded: {exc}"
+        labels = np.full(len(blobs), -1, np.int64)
+        confidences = np.zeros(len(blobs), np.float32)
+        probs = np.zeros((len(blobs), NUM_CLASSES), np.float32)
+        if rows:
+            part = self.classify_raw(np.stack(images) if images else np.zeros((0, *IMAGE_SHAPE), np.uint8))
+            labels[rows], confidences[rows] = part.labels, part.confidences
+            if part.probabilities is not None:
+                probs[rows] = part.probabilities
+        return BatchResult(
+            labels, confidences, probs if self.probabilities else None, self.name, self.version, errors
+        )

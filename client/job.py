@@ -1,0 +1,181 @@
+"""One batch job: chunks in, rows out, in input order, with bounded memory.
+
+Image files are decoded and preprocessed where the data is, in a pool of processes (the
+same pipeline as the server's, ``mnist_serving.common.preprocess``), and sent as raw
+28×28 pixels; ``server_decode`` sends the encoded bytes instead. Up to ``concurrency``
+chunks are in flight; results are written in input order as they complete, so memory holds
+about ``2 × concurrency`` chunks whatever the input size. A file that cannot be read or
+decoded, or an image the server rejects, becomes a row with an error: the job goes on.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from mnist_serving.client.results import BatchResult
+from mnist_serving.client.sources import STDIN, Chunk
+from mnist_serving.common import preprocess
+from mnist_serving.common.contract import IMAGE_SHAPE
+
+
+@dataclass
+class Row:
+    """One output row: an image's name and its answer, or why there is none."""
+
+    source: str
+    index: int
+    label: int | None = None
+    confidence: float | None = None
+    probabilities: np.ndarray | None = None
+    error: str | None = None
+    truth: int | None = None  # the label given with the input, if any
+
+
+class Backend(Protocol):
+    """Where images are classified: the server (``ServerBackend``) or in process (``local``)."""
+
+    def classify_raw(self, images: np.ndarray) -> BatchResult: ...
+
+    def classify_encoded(self, blobs: list[bytes]) -> BatchResult: ...
+
+
+@dataclass
+class Decoded:
+    """A chunk of files after reading and preprocessing: pixels for those that worked."""
+
+    images: np.ndarray  # uint8 [k,28,28]
+    rows: list[int]  # which files (positions in the chunk) the k images are
+    errors: dict[int, str] = field(default_factory=dict)  # position → "file: reason"
+
+
+def read_and_decode(paths: list[str], stdin: bytes | None, decode: bool) -> Decoded | list[bytes | str]:
+    """In a decode worker: each file → 28×28 pixels (``decode``) or its bytes; errors named."""
+    images, rows, errors, blobs = [], [], {}, []
+    for position, name in enumerate(paths):
+        try:
+            data = stdin if name == STDIN and stdin is not None else Path(name).read_bytes()
+        except OSError as exc:
+            errors[position] = f"{name}: cannot read ({exc.strerror or exc})"
+            blobs.append(errors[position])
+            continue
+        if not decode:
+            blobs.append(data)
+            continue
+        try:
+            images.append(preprocess.decode(data)[0])
+            rows.append(position)
+        except preprocess.ImageError as exc:
+            errors[position] = f"{name}: {exc}"
+    if not decode:
+        return blobs
+    pixels = np.stack(images) if images else np.zeros((0, *IMAGE_SHAPE), np.uint8)
+    return Decoded(pixels, rows, errors)
+
+
+@dataclass
+class Summary:
+    written: int = 0
+    failed: int = 0
+    skipped: int = 0  # rows already in the output (--resume) or non-image files
+    correct: int = 0
+    known: int = 0
+
+
+def _rows_from(names: list[tuple[str, int]], result: BatchResult, positions: list[int]) -> dict[int, Row]:
+    out = {}
+    for i, position in enumerate(positions):
+        source, index = names[position]
+        error = result.errors.get(i)
+        if error is not None:
+            out[position] = Row(source, index, error=error)
+            continue
+        probs = result.probabilities[i] if result.probabilities is not None else None
+        out[position] = Row(source, index, int(result.labels[i]), float(result.confidences[i]), probs)
+    return out
+
+
+class Job:
+    """Runs chunks through a backend; ``write`` receives each chunk's rows, in input order."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        concurrency: int = 4,
+        decode_workers: int = 0,
+        server_decode: bool = False,
+    ) -> None:
+        self.backend = backend
+        self.concurrency = max(1, concurrency)
+        self.server_decode = server_decode
+        workers = decode_workers if decode_workers > 0 else (os.cpu_count() or 1)
+        # Forkserver: workers never inherit the caller's gRPC channels or threads.
+        context = multiprocessing.get_context("forkserver")
+        self.decoders = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+        self.callers = concurrent.futures.ThreadPoolExecutor(self.concurrency, thread_name_prefix="job")
+        self.stopping = False
+
+    def close(self) -> None:
+        self.callers.shutdown(wait=True, cancel_futures=True)
+        self.decoders.shutdown(wait=True, cancel_futures=True)
+
+    def _run_chunk(self, chunk: Chunk) -> list[Row]:
+        names = chunk.names()
+        if chunk.array is not None:
+            rows = _rows_from(names, self.backend.classify_raw(chunk.array), list(range(len(chunk))))
+        else:
+            paths = [str(p) for p in chunk.files]
+            decoded = self.decoders.submit(
+                read_and_decode, paths, chunk.stdin, not self.server_decode
+            ).result()
+            rows: dict[int, Row] = {}
+            if isinstance(decoded, Decoded):
+                for position, message in decoded.errors.items():
+                    rows[position] = Row(*names[position], error=message)
+                if decoded.rows:
+                    rows.update(_rows_from(names, self.backend.classify_raw(decoded.images), decoded.rows))
+            else:
+                readable = [i for i, blob in enumerate(decoded) if isinstance(blob, bytes)]
+                for i, blob in enumerate(decoded):
+                    if isinstance(blob, str):
+                        rows[i] = Row(*names[i], error=blob)
+                if readable:
+                    result = self.backend.classify_encoded([decoded[i] for i in readable])
+                    # The server names items by their index in the request; name the file too.
+                    result.errors.update(
+                        {k: f"{names[readable[k]][0]}: {v}" for k, v in result.errors.items()}
+                    )
+                    rows.update(_rows_from(names, result, readable))
+        ordered = [rows[i] for i in range(len(chunk))]
+        if chunk.labels is not None:
+            for row, truth in zip(ordered, chunk.labels, strict=True):
+                row.truth = int(truth)
+        return ordered
+
+    def run(self, chunks: Iterable[Chunk], write: Callable[[list[Row]], None]) -> Iterator[int]:
+        """Classify every chunk; yields the number of rows written after each chunk."""
+        window: collections.deque[concurrent.futures.Future] = collections.deque()
+        try:
+            for chunk in chunks:
+                if self.stopping:
+                    break
+                window.append(self.callers.submit(self._run_chunk, chunk))
+                while len(window) > self.concurrency or (window and window[0].done()):
+                    rows = window.popleft().result()
+                    write(rows)
+                    yield len(rows)
+            while window:
+                rows = window.popleft().result()
+                write(rows)
+                yield len(rows)
+        finally:
+            for future in window:
+                future.cancel()

@@ -1,0 +1,239 @@
+"""`mnist-classify` as a batch job, on real files: streaming, per-file errors, resume, offline."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+EXE = str(Path(sys.executable).parent / "mnist-classify")
+EXAMPLES = Path(__file__).parents[2] / "docs" / "examples"
+
+
+def classify(*args: str, server=None, stdin: bytes | None = None, timeout: float = 300):
+    command = [EXE, "--no-progress", *args] + (["--server", server.address] if server else [])
+    done = subprocess.run(command, input=stdin, capture_output=True, timeout=timeout, check=False)
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+def rows(text: str) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+@pytest.fixture
+def messy_directory(tmp_path: Path, mnist) -> Path:
+    """Good images of several kinds among corrupt, truncated, empty and non-image files."""
+    root = tmp_path / "inbox"
+    (root / "b-more").mkdir(parents=True)
+    for example in sorted(EXAMPLES.iterdir()):
+        shutil.copy(example, root / example.name)
+    Image.fromarray(255 - mnist.x_test[0]).save(root / "b-more" / "mnist-7.png")
+    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    (root / "truncated.jpg").write_bytes((EXAMPLES / "photo-4.jpg").read_bytes()[:400])
+    (root / "empty.png").write_bytes(b"")
+    (root / "README.txt").write_text("scans from the front desk")
+    (root / "b-more" / "notes.json").write_text("{}")
+    return root
+
+
+def test_a_messy_directory_gives_a_row_per_image_and_goes_on(server, messy_directory):
+    code, out, err = classify(str(messy_directory), server=server)
+    table = rows(out)
+    names = [Path(r["source"]).relative_to(messy_directory).as_posix() for r in table]
+    assert names == sorted(names, key=lambda n: n.split("/"))  # input order: a sorted walk
+    by_name = {Path(r["source"]).name: r for r in table}
+    for bad, reason in (
+        ("corrupt.png", "not a recognised image format"),
+        ("truncated.jpg", "cannot decode"),
+        ("empty.png", "empty"),
+    ):
+        assert (
+            by_name[bad]["label"] == "" and bad in by_name[bad]["error"] and reason in by_name[bad]["error"]
+        )
+    for example in EXAMPLES.iterdir():
+        assert by_name[example.name]["label"] == example.stem.rsplit("-", 1)[1]
+    assert by_name["mnist-7.png"]["label"] == "7"
+    assert "README.txt" not in by_name and "notes.json" not in by_name
+    assert code == 3, err
+    assert f"{len(table)} rows written" in err and "3 failed" in err and "2 not images" in err
+
+
+def test_server_decoding_and_offline_mode_give_the_same_rows(server, model_repository, messy_directory):
+    here = classify(str(messy_directory), "--probabilities", server=server)
+    there = classify(str(messy_directory), "--probabilities", "--server-decode", server=server)
+    offline = classify(str(messy_directory), "--probabilities", "--model-repository", str(model_repository))
+    assert here[0] == there[0] == offline[0] == 3
+    mine, theirs, local = rows(here[1]), rows(there[1]), rows(offline[1])
+    assert [r["label"] for r in mine] == [r["label"] for r in theirs] == [r["label"] for r in local]
+    for a, b in zip(mine, local, strict=True):  # offline: the same pipeline and model, same numbers
+        assert a["source"] == b["source"] and a["error"].split(": ")[0] == b["error"].split(": ")[0]
+        if a["label"]:
+            assert np.allclose(
+                [float(a[f"p{d}"]) for d in range(10)], [float(b[f"p{d}"]) for d in range(10)], atol=2e-6
+            )
+
+
+def test_output_order_follows_the_command_line(server, tmp_path, mnist):
+    np.save(tmp_path / "arrays.npy", mnist.x_test[:3])
+    Image.fromarray(mnist.x_test[5]).save(tmp_path / "one.png")
+    code, out, err = classify(
+        str(tmp_path / "one.png"), str(tmp_path / "arrays.npy"), str(EXAMPLES / "scan-9.jpg"), server=server
+    )
+    assert code == 0, err
+    assert [(Path(r["source"]).name, r["index"]) for r in rows(out)] == [
+        ("one.png", "0"),
+        ("arrays.npy", "0"),
+        ("arrays.npy", "1"),
+        ("arrays.npy", "2"),
+        ("scan-9.jpg", "0"),
+    ]
+
+
+def test_globs_and_files_from_list_inputs_lazily(server, messy_directory, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{EXAMPLES / 'pen-8.png'}\n\n{EXAMPLES / 'scan-9.jpg'}\n")
+    code, out, err = classify(str(messy_directory / "*.jpg"), "--files-from", str(listing), server=server)
+    names = [Path(r["source"]).name for r in rows(out)]
+    jpgs = sorted(p.name for p in messy_directory.glob("*.jpg"))
+    assert names == [*jpgs, "pen-8.png", "scan-9.jpg"]
+    assert code == 3  # the truncated JPEG
+    code, out, _ = classify("--files-from", "-", stdin=listing.read_bytes(), server=server)
+    assert (code, [Path(r["source"]).name for r in rows(out)]) == (0, ["pen-8.png", "scan-9.jpg"])
+
+
+def _pss_of_tree(pid: int) -> int:
+    """Proportional set size of a process and all its descendants, in bytes."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return total
+
+
+def test_a_huge_npy_streams_through_a_memory_map_in_flat_memory(model_repository, tmp_path):
+    """A million images (784 MB on disk), in process: the whole tree stays under 300 MB."""
+    count = 1_000_000
+    path = tmp_path / "huge.npy"
+    images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(count, 28, 28))
+    rng = np.random.default_rng(0)
+    block = rng.integers(0, 256, (1000, 28, 28), dtype=np.uint8)
+    for start in range(0, count, 1000):
+        images[start : start + 1000] = block
+    images.flush()
+    del images
+    out = tmp_path / "out.csv"
+    process = subprocess.Popen(
+        [
+            EXE,
+            "--no-progress",
+            str(path),
+            "--model-repository",
+            str(model_repository),
+            "-o",
+            str(out),
+            "--batch-size",
+            "4096",
+        ],
+        stderr=subprocess.PIPE,
+    )
+    peak = 0
+    while process.poll() is None:
+        peak = max(peak, _pss_of_tree(process.pid))
+        time.sleep(0.2)
+    err = process.stderr.read().decode()
+    assert process.returncode == 0, err
+    assert f"{count} rows written" in err
+    assert peak < 300 * 2**20, f"peak PSS {peak / 2**20:.0f} MB"
+    with out.open() as f:
+        assert sum(1 for _ in f) == count + 1
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_output(server, tmp_path, mnist):
+    images = np.concatenate([mnist.x_test] * 4)  # 40,000 images
+    np.save(tmp_path / "images.npy", images)
+    args = [str(tmp_path / "images.npy"), "--batch-size", "128", "--concurrency", "1", "--format", "jsonl"]
+    code, whole, err = classify(*args, "-o", str(tmp_path / "whole.jsonl"), server=server)
+    assert code == 0, err
+    target = tmp_path / "killed.jsonl"
+    process = subprocess.Popen([EXE, "--no-progress", *args, "-o", str(target), "--server", server.address])
+    while process.poll() is None and (not target.exists() or target.stat().st_size < 200_000):
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    written = target.read_bytes().count(b"\n")
+    assert 0 < written < len(images), "the job must be killed part-way"
+    code, _, err = classify(*args, "-o", str(target), "--resume", server=server)
+    assert code == 0, err
+    assert f"{written} already in the output" in err
+    assert target.read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+    assert [json.loads(line)["index"] for line in target.read_text().splitlines()][-1] == len(images) - 1
+
+
+def test_resume_refuses_another_jobs_output(server, tmp_path, mnist):
+    np.save(tmp_path / "a.npy", mnist.x_test[:10])
+    np.save(tmp_path / "b.npy", mnist.x_test[:10])
+    code, _, err = classify(str(tmp_path / "a.npy"), "-o", str(tmp_path / "out.csv"), server=server)
+    assert code == 0, err
+    code, _, err = classify(
+        str(tmp_path / "b.npy"), "-o", str(tmp_path / "out.csv"), "--resume", server=server
+    )
+    assert code == 2 and "not the same job" in err
+
+
+def test_a_closed_stdout_ends_the_job_quietly(server, mnist, tmp_path):
+    np.save(tmp_path / "images.npy", np.concatenate([mnist.x_test] * 3))
+    job = f"'{EXE}' --no-progress '{tmp_path / 'images.npy'}' --batch-size 64 --server {server.address}"
+    command = f"{job} | head -3"
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command], capture_output=True, timeout=120, check=False
+    )
+    assert done.stdout.decode().count("\n") == 3
+    assert "Broken pipe" not in done.stderr.decode() and "Traceback" not in done.stderr.decode()
+    assert done.returncode == 141
+
+
+def test_sigint_stops_cleanly_with_valid_output_and_a_summary(server, mnist, tmp_path):
+    np.save(tmp_path / "images.npy", np.concatenate([mnist.x_test] * 6))
+    target = tmp_path / "out.csv"
+    process = subprocess.Popen(
+        [
+            EXE,
+            "--no-progress",
+            str(tmp_path / "images.npy"),
+            "--batch-size",
+            "64",
+            "--concurrency",
+            "1",
+            "-o",
+            str(target),
+            "--server",
+            server.address,
+        ],
+        stderr=subprocess.PIPE,
+    )
+    while process.poll() is None and (not target.exists() or target.stat().st_size < 50_000):
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err.decode()
+    assert "interrupted" in err.decode() and "Traceback" not in err.decode()
+    table = rows(target.read_text())
+    assert [int(r["index"]) for r in table] == list(range(len(table)))  # a whole, valid prefix
