@@ -2,7 +2,9 @@
 
 Used by the server (encoded images in requests) and by clients that decode before sending,
 so both see the same pixels; ``PREPROCESSING_VERSION`` tells them apart when they differ.
-Pillow and numpy only. The steps, in order (each pinned by a test on the case it exists for):
+Pillow and numpy only. The steps, in order (each pinned by a test on the case it exists for);
+a 28×28 image with ink bright on a black frame is already in the model's format and passes
+through unchanged:
 
 1. decode: big JPEGs at reduced size (Pillow draft mode), big images reduced by whole factors
    to about ``WORK_SIDE`` pixels on the short side, which still leaves a small digit its strokes;
@@ -96,6 +98,15 @@ def decode(data: bytes) -> tuple[np.ndarray, int]:
     return mnist_style(gray), width * height
 
 
+def _already_mnist(gray: np.ndarray) -> bool:
+    """28×28 with ink bright on a black frame: the model's own format (MNIST exported as PNG).
+    Passed through as it is: cropping and rescaling it again could only blur it."""
+    if gray.shape != IMAGE_SHAPE:
+        return False
+    frame = (gray[0].any(), gray[-1].any(), gray[:, 0].any(), gray[:, -1].any())
+    return not any(frame) and float(gray.max()) >= MIN_INK_LEVEL
+
+
 def load_gray(image: Image.Image) -> np.ndarray:
     """Steps 1-3: an open image → upright grayscale float32 [0,255] at working size."""
     orientation = image.getexif().get(_EXIF_ORIENTATION, 1) if "exif" in image.info else 1
@@ -121,6 +132,8 @@ def mnist_style(gray: np.ndarray) -> np.ndarray:
 
     Raises NoDigitFound when there is no ink to speak of.
     """
+    if _already_mnist(gray):
+        return gray.astype(np.uint8)
     ink, noise = _ink_signal(gray)
     threshold = max(_otsu(ink), 3.0 * noise, MIN_INK_LEVEL / 2)
     mask = ink > threshold

@@ -154,3 +154,10 @@ def test_big_jpegs_decode_at_reduced_size(seven):
 
 def test_the_version_is_a_string_the_server_can_report():
     assert isinstance(preprocess.PREPROCESSING_VERSION, str) and preprocess.PREPROCESSING_VERSION
+
+
+def test_an_image_already_in_mnist_format_passes_through_unchanged(mnist):
+    digit = mnist.x_test[7]
+    assert np.array_equal(preprocess.decode(encode(Image.fromarray(digit)))[0], digit)
+    inverted = preprocess.decode(encode(Image.fromarray(255 - digit)))[0]  # dark on light: the pipeline
+    assert not np.array_equal(inverted, digit) and correlation(inverted, digit) > 0.9
