@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -35,8 +36,9 @@ from mnist_serving.common.mnist_data import load_mnist  # noqa: E402
 EXE = str(Path(sys.executable).parent / "mnist-classify")
 
 
-def job(args: list[str], server: str, count: int) -> float:
-    """Images per second of one CLI job, start to exit."""
+def job(args: list[str], server: str, count: int) -> tuple[float, float]:
+    """Images per second of one CLI job: as its summary reports it (from its first input to
+    its last row), and from process start to exit (imports and pool start-up included)."""
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
         done = subprocess.run(
@@ -48,7 +50,8 @@ def job(args: list[str], server: str, count: int) -> float:
         seconds = time.perf_counter() - started
         if done.returncode not in (0, 3):
             raise SystemExit(done.stderr)
-    return count / seconds
+    reported = float(re.search(r"\(([\d,]+) images/s\)", done.stderr).group(1).replace(",", ""))
+    return reported, count / seconds
 
 
 def ceiling(model: str, images: np.ndarray) -> float:
@@ -99,10 +102,19 @@ def main() -> int:
             ("arrays: --mnist-test", ["--mnist-test"], 10000, None),
         )
         for name, inputs, count, reference in rows:
-            rate = job(inputs, args.server, count)
+            rate, wall = job(inputs, args.server, count)
             reference = reference or figures["arrays: .npy of the 10,000 test images"]["reference"]
-            figures[name] = {"images_per_s": rate, "reference": reference, "ratio": rate / reference}
-            print(f"{name}: {rate:,.0f} images/s = {rate / reference:.0%} of {reference:,.0f}", flush=True)
+            figures[name] = {
+                "images_per_s": rate,
+                "wall_images_per_s": wall,
+                "reference": reference,
+                "ratio": rate / reference,
+            }
+            print(
+                f"{name}: {rate:,.0f} images/s = {rate / reference:.0%} of {reference:,.0f} "
+                f"(process start to exit: {wall:,.0f}/s)",
+                flush=True,
+            )
     print(json.dumps(figures))
     return 0
 
