@@ -197,7 +197,7 @@ def run_classify(args: argparse.Namespace) -> int:
             job.stopping = True
             _print_summary(summary, found, time.perf_counter() - started, interrupted=True)
             return 130
-    if summary.written + done == 0 and not found.skipped:
+    if summary.written + done == 0:
         raise InputError("no images found in the inputs")
     if labels is not None and position != len(labels):
         print(f"mnist-classify: --labels has {len(labels)} labels for {position} images", file=sys.stderr)
@@ -238,11 +238,9 @@ def _print_summary(summary: Summary, found: Inputs, seconds: float, interrupted:
     text = f"{summary.written} rows written in {seconds:.2f} s ({rate:,.0f} images/s)"
     if summary.failed:
         text += f", {summary.failed} failed (rows with an error)"
-    skipped = summary.skipped + len(found.skipped)
+    skipped = summary.skipped + found.skipped
     if skipped:
-        text += (
-            f", {skipped} skipped ({summary.skipped} already in the output, {len(found.skipped)} not images)"
-        )
+        text += f", {skipped} skipped ({summary.skipped} already in the output, {found.skipped} not images)"
     if summary.known:
         text += f"; accuracy {summary.correct / summary.known:.4f} ({summary.correct}/{summary.known})"
     if interrupted:

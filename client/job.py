@@ -85,7 +85,7 @@ def read_and_decode(paths: list[str], stdin: bytes | None, decode: bool) -> Deco
 class Summary:
     written: int = 0
     failed: int = 0
-    skipped: int = 0  # rows already in the output (--resume) or non-image files
+    skipped: int = 0  # rows already in the output (--resume)
     correct: int = 0
     known: int = 0
 

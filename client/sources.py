@@ -56,7 +56,7 @@ class Chunk:
 class Inputs:
     """What the inputs hold, found while streaming them (for the job's summary)."""
 
-    skipped: list[str] = field(default_factory=list)  # non-image files inside directories
+    skipped: int = 0  # non-image files inside directories (counted, not kept: there may be millions)
 
 
 def _is_idx(data: bytes) -> bool:
@@ -148,7 +148,7 @@ def _walk(directory: Path, inputs: Inputs) -> Iterator[Path]:
         elif path.suffix.lower() in IMAGE_SUFFIXES:
             yield path
         elif entry.is_file():
-            inputs.skipped.append(str(path))
+            inputs.skipped += 1
 
 
 def _listed(files_from: str) -> Iterator[str]:
