@@ -10,7 +10,7 @@ RUN apt-get update \
 
 FROM base AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY common/ common/
 COPY train/ train/
 COPY export/ export/
@@ -20,7 +20,7 @@ COPY protos/ protos/
 RUN --mount=type=secret,id=ca_bundle \
     if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
     && python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir ".[serve-gpu,client]"
+    && /opt/venv/bin/pip install --no-cache-dir -c constraints.txt ".[serve-gpu,client]"
 
 FROM base
 COPY --from=build /opt/venv /opt/venv

@@ -4,7 +4,7 @@
 ARG PYTHON_BASE=python:3.11.11-slim-bookworm
 FROM ${PYTHON_BASE} AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY common/ common/
 COPY train/ train/
 COPY export/ export/
@@ -16,7 +16,7 @@ COPY protos/ protos/
 RUN --mount=type=secret,id=ca_bundle \
     if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
     && python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir ".[serve,client]"
+    && /opt/venv/bin/pip install --no-cache-dir -c constraints.txt ".[serve,client]"
 
 FROM ${PYTHON_BASE}
 COPY --from=build /opt/venv /opt/venv

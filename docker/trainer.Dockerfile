@@ -6,7 +6,7 @@ ARG PYTHON_BASE=python:3.11.11-slim-bookworm
 FROM ${PYTHON_BASE} AS build
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY common/ common/
 COPY train/ train/
 COPY export/ export/
@@ -22,7 +22,7 @@ RUN --mount=type=secret,id=ca_bundle \
     else \
         /opt/venv/bin/pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" "torch==2.13.0"; \
     fi \
-    && /opt/venv/bin/pip install --no-cache-dir ".[train]"
+    && /opt/venv/bin/pip install --no-cache-dir -c constraints.txt ".[train]"
 
 FROM ${PYTHON_BASE}
 COPY --from=build /opt/venv /opt/venv

@@ -1,0 +1,52 @@
+"""The client extra asks for ranges (it is embedded in other services); constraints.txt pins
+every dependency exactly, for the images, CI and `make`; the two must agree."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).parents[2]
+
+
+def _requirements() -> dict[str, list[Requirement]]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    groups = {"base": project["dependencies"], **project["optional-dependencies"]}
+    return {name: [Requirement(r) for r in reqs] for name, reqs in groups.items()}
+
+
+def _constraints() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            requirement = Requirement(line)
+            (spec,) = requirement.specifier
+            assert spec.operator == "==", f"constraints.txt: {line} is not an exact pin"
+            pins[requirement.name.lower().replace("_", "-")] = spec.version
+    return pins
+
+
+def test_every_dependency_has_an_exact_pin_that_its_range_allows():
+    pins = _constraints()
+    for group, requirements in _requirements().items():
+        for requirement in requirements:
+            name = requirement.name.lower().replace("_", "-")
+            if name == "mnist-serving":
+                continue
+            if name not in pins:
+                # tools only the dev extra installs (linters, validators) are pinned in place
+                assert group == "dev" and any(s.operator == "==" for s in requirement.specifier), name
+                continue
+            assert requirement.specifier.contains(pins[name], prereleases=True), (
+                f"[{group}] {requirement} does not allow constraints.txt's {name}=={pins[name]}"
+            )
+
+
+def test_the_client_extra_and_the_base_take_ranges_not_pins():
+    requirements = _requirements()
+    for requirement in [*requirements["base"], *requirements["client"]]:
+        assert all(s.operator != "==" for s in requirement.specifier), f"{requirement} is pinned"
+        assert any(s.operator == "<" for s in requirement.specifier), f"{requirement} has no upper bound"
