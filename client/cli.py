@@ -36,7 +36,7 @@ from tqdm import tqdm
 from mnist_serving.client.backends import LocalBackend, ServerBackend
 from mnist_serving.client.client import DEFAULT_SERVER, Client
 from mnist_serving.client.job import Job, Row, Summary
-from mnist_serving.client.output import ResumeError, Writer, completed
+from mnist_serving.client.output import ParquetWriter, ResumeError, Writer, completed, completed_parquet
 from mnist_serving.client.results import ClassifyError
 from mnist_serving.client.sources import Chunk, InputError, Inputs, chunks, listed_inputs
 from mnist_serving.common.contract import MODEL_NAME
@@ -89,8 +89,16 @@ def classify_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--mnist-test", action="store_true", help="classify the 10,000 MNIST test images")
     parser.add_argument("--labels", type=Path, help="IDX or .npy labels for the inputs (for accuracy)")
-    parser.add_argument("--format", choices=["csv", "jsonl"], default="csv", help="output format")
+    parser.add_argument(
+        "--format",
+        choices=["csv", "jsonl", "parquet"],
+        default="csv",
+        help="output format (parquet: --output is a directory of part files; extra [batch])",
+    )
     parser.add_argument("--output", "-o", type=Path, help="write results here instead of stdout")
+    parser.add_argument(
+        "--part-rows", type=int, default=65536, help="rows per Parquet part file (--format parquet)"
+    )
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -157,7 +165,13 @@ def run_classify(args: argparse.Namespace) -> int:
         raise InputError("no inputs: give image files, directories, IDX/.npy/.npz files, - or --mnist-test")
     if args.resume and args.output is None:
         raise InputError("--resume needs --output: the file whose rows to keep")
-    done, last = completed(args.output, args.format) if args.resume else (0, None)
+    if args.format == "parquet" and args.output is None:
+        raise InputError("--format parquet writes a dataset of part files: give --output DIR")
+    first_part = 0
+    if args.resume and args.format == "parquet":
+        done, last, first_part = completed_parquet(args.output)
+    else:
+        done, last = completed(args.output, args.format) if args.resume else (0, None)
     labels = _load_labels(args.labels) if args.labels is not None else None
     found = Inputs()
     summary = Summary(skipped=done)
@@ -168,10 +182,15 @@ def run_classify(args: argparse.Namespace) -> int:
         stack.callback(job.close)
         stream = chunks(listed_inputs(args.inputs, args.files_from), args.batch_size, found, _arrays(args))
         stream = _skip(stream, done, last)
-        out = args.output.open("a" if done else "w", newline="") if args.output else sys.stdout
-        if args.output:
-            stack.callback(out.close)
-        writer = Writer(out, args.format, args.probabilities, write_header=not done)
+        if args.format == "parquet":
+            if not args.resume and args.output.exists() and any(args.output.glob("part-*.parquet")):
+                raise InputError(f"{args.output}: already holds part files; --resume, or another directory")
+            writer = ParquetWriter(args.output, args.probabilities, first_part, args.part_rows)
+        else:
+            out = args.output.open("a" if done else "w", newline="") if args.output else sys.stdout
+            if args.output:
+                stack.callback(out.close)
+            writer = Writer(out, args.format, args.probabilities, write_header=not done)
         bar = tqdm(unit="img", file=sys.stderr, disable=args.no_progress or None, desc="classifying")
         stack.callback(bar.close)
         position = done
@@ -193,8 +212,12 @@ def run_classify(args: argparse.Namespace) -> int:
         try:
             for _ in job.run(stream, write):
                 pass
+            if isinstance(writer, ParquetWriter):
+                writer.close()
         except KeyboardInterrupt:
             job.stopping = True
+            if isinstance(writer, ParquetWriter):
+                writer.close()  # the rows in hand are whole and in order: one last part
             _print_summary(summary, found, time.perf_counter() - started, interrupted=True)
             return 130
     if summary.written + done == 0:
@@ -227,9 +250,11 @@ def _skip(stream: Iterator[Chunk], count: int, last: tuple[str, int] | None) -> 
 
 
 def _tail(chunk: Chunk, start: int) -> Chunk:
+    labels = None if chunk.labels is None else chunk.labels[start:]
     if chunk.array is not None:
-        labels = None if chunk.labels is None else chunk.labels[start:]
         return Chunk(source=chunk.source, start=chunk.start + start, array=chunk.array[start:], labels=labels)
+    if chunk.blobs is not None:
+        return Chunk(source=chunk.source, start=chunk.start + start, blobs=chunk.blobs[start:], labels=labels)
     return Chunk(files=chunk.files[start:], stdin=chunk.stdin)
 
 

@@ -57,12 +57,18 @@ class Decoded:
     errors: dict[int, str] = field(default_factory=dict)  # position → "file: reason"
 
 
-def read_and_decode(paths: list[str], stdin: bytes | None, decode: bool) -> Decoded | list[bytes | str]:
-    """In a decode worker: each file → 28×28 pixels (``decode``) or its bytes; errors named."""
+def read_and_decode(
+    paths: list[str], stdin: bytes | None, decode: bool, held: list[bytes] | None = None
+) -> Decoded | list[bytes | str]:
+    """In a decode worker: each file (or each ``held`` encoded image, named by ``paths``) →
+    28×28 pixels (``decode``) or its bytes; errors named."""
     images, rows, errors, blobs = [], [], {}, []
     for position, name in enumerate(paths):
         try:
-            data = stdin if name == STDIN and stdin is not None else Path(name).read_bytes()
+            if held is not None:
+                data = held[position]
+            else:
+                data = stdin if name == STDIN and stdin is not None else Path(name).read_bytes()
         except OSError as exc:
             errors[position] = f"{name}: cannot read ({exc.strerror or exc})"
             blobs.append(errors[position])
@@ -132,9 +138,11 @@ class Job:
         if chunk.array is not None:
             rows = _rows_from(names, self.backend.classify_raw(chunk.array), list(range(len(chunk))))
         else:
-            paths = [str(p) for p in chunk.files]
+            paths = (
+                [f"{s}#{i}" for s, i in names] if chunk.blobs is not None else [str(p) for p in chunk.files]
+            )
             decoded = self.decoders.submit(
-                read_and_decode, paths, chunk.stdin, not self.server_decode
+                read_and_decode, paths, chunk.stdin, not self.server_decode, chunk.blobs
             ).result()
             rows: dict[int, Row] = {}
             if isinstance(decoded, Decoded):

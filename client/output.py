@@ -87,3 +87,77 @@ def completed(path: Path, fmt: str) -> tuple[int, tuple[str, int] | None]:
     except json.JSONDecodeError:
         raise ResumeError(f"{path}: not JSON Lines written by mnist-classify") from None
     return len(lines), ((last["source"], int(last["index"])) if last else None)
+
+
+class ParquetWriter:
+    """A Parquet dataset: part files of ``part_rows`` rows, each written under a temporary
+    name and renamed into place when complete, so a crash never leaves a broken part (rows
+    not yet in a part are simply redone by ``--resume``)."""
+
+    def __init__(
+        self, directory: Path, probabilities: bool, first_part: int = 0, part_rows: int = 65536
+    ) -> None:
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ResumeError("Parquet output needs pyarrow: pip install 'mnist-serving[batch]'") from None
+        self.pa, self.pq = pa, pq
+        self.directory, self.probabilities, self.part, self.part_rows = (
+            directory,
+            probabilities,
+            first_part,
+            part_rows,
+        )
+        directory.mkdir(parents=True, exist_ok=True)
+        self.pending: list[Row] = []
+
+    def write(self, rows: list[Row]) -> None:
+        self.pending += rows
+        while len(self.pending) >= self.part_rows:
+            self._flush(self.pending[: self.part_rows])
+            self.pending = self.pending[self.part_rows :]
+
+    def close(self) -> None:
+        if self.pending:
+            self._flush(self.pending)
+            self.pending = []
+
+    def _flush(self, rows: list[Row]) -> None:
+        pa = self.pa
+        columns = {
+            "source": pa.array([r.source for r in rows], pa.string()),
+            "index": pa.array([r.index for r in rows], pa.int64()),
+            "label": pa.array([r.label for r in rows], pa.int64()),
+            "confidence": pa.array([r.confidence for r in rows], pa.float32()),
+        }
+        if self.probabilities:
+            for d in range(NUM_CLASSES):
+                columns[f"p{d}"] = pa.array(
+                    [None if r.probabilities is None else float(r.probabilities[d]) for r in rows],
+                    pa.float32(),
+                )
+        columns["error"] = pa.array([r.error for r in rows], pa.string())
+        final = self.directory / f"part-{self.part:05d}.parquet"
+        temporary = self.directory / f".{final.name}.tmp"
+        self.pq.write_table(pa.table(columns), temporary)
+        temporary.replace(final)
+        self.part += 1
+
+
+def completed_parquet(directory: Path) -> tuple[int, tuple[str, int] | None, int]:
+    """Rows in the complete parts of ``directory``, the last row's name, and the next part's
+    number; parts left half-written by a crash (temporary names) are removed."""
+    if not directory.exists():
+        return 0, None, 0
+    import pyarrow.parquet as pq
+
+    for leftover in directory.glob(".part-*.parquet.tmp"):
+        leftover.unlink()
+    parts = sorted(directory.glob("part-*.parquet"))
+    if not parts:
+        return 0, None, 0
+    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+    table = pq.read_table(parts[-1], columns=["source", "index"])
+    last = table.slice(table.num_rows - 1).to_pylist()[0]
+    return rows, (last["source"], int(last["index"])), len(parts)

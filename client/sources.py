@@ -33,22 +33,26 @@ class InputError(ValueError):
 
 @dataclass
 class Chunk:
-    """Consecutive inputs of one kind: files (paths, or stdin bytes) or rows of one array."""
+    """Consecutive inputs of one kind: files (paths, or stdin bytes), rows of one array, or
+    encoded images held in a table (a Parquet bytes column)."""
 
     files: list[Path] = field(default_factory=list)
     stdin: bytes | None = None  # the encoded image read from standard input
-    source: str = ""  # the array's name (arrays only)
-    start: int = 0  # index of the first row within that array
+    source: str = ""  # the array's or table's name (arrays and tables only)
+    start: int = 0  # index of the first row within that array or table
     array: np.ndarray | None = None  # uint8 [n,28,28]
+    blobs: list[bytes] | None = None  # encoded images, one per table row
     labels: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self.array) if self.array is not None else len(self.files)
+        if self.array is not None:
+            return len(self.array)
+        return len(self.blobs) if self.blobs is not None else len(self.files)
 
     def names(self) -> list[tuple[str, int]]:
         """(source, index) of each row, as the output names them."""
-        if self.array is not None:
-            return [(self.source, self.start + i) for i in range(len(self.array))]
+        if self.array is not None or self.blobs is not None:
+            return [(self.source, self.start + i) for i in range(len(self))]
         return [(str(p), 0) for p in self.files]
 
 
@@ -135,6 +139,55 @@ def _array_file(path: Path) -> tuple[np.ndarray, np.ndarray | None] | None:
     return None
 
 
+def _parquet_chunks(path: Path, batch_size: int) -> Iterator[Chunk]:
+    """A Parquet file, a record batch at a time: a bytes column of encoded images (or a struct
+    with a ``bytes`` field, as Hugging Face datasets store images), or a 784-pixel list column;
+    a ``label`` column, if there is one, gives the truth."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError(
+            f"{path}: reading Parquet needs pyarrow: pip install 'mnist-serving[batch]'"
+        ) from None
+    try:
+        table = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
+    schema = table.schema_arrow
+    column, kind = None, None
+    for name in schema.names:
+        dtype = schema.field(name).type
+        if pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype):
+            column, kind = name, "bytes"
+        elif pa.types.is_struct(dtype) and dtype.get_field_index("bytes") >= 0:
+            column, kind = name, "struct"
+        elif pa.types.is_list(dtype) or pa.types.is_fixed_size_list(dtype) or pa.types.is_large_list(dtype):
+            column, kind = name, "pixels"
+        if column is not None:
+            break
+    if column is None:
+        raise InputError(f"{path}: no column of encoded images (bytes) or of 784 pixels")
+    columns = [column] + (["label"] if "label" in schema.names else [])
+    start = 0
+    for batch in table.iter_batches(batch_size=batch_size, columns=columns):
+        data = batch.column(0)
+        labels = batch.column(1).to_numpy(zero_copy_only=False) if len(columns) > 1 else None
+        source = str(path)
+        if kind == "pixels":
+            pixels = np.asarray(data.flatten().to_numpy(zero_copy_only=False))
+            if pixels.size != len(batch) * IMAGE_PIXELS:
+                raise InputError(f"{path}: column '{column}' rows are not {IMAGE_PIXELS} pixels each")
+            images = _uint8(pixels.reshape(len(batch), *IMAGE_SHAPE), source)
+            yield Chunk(source=source, start=start, array=images, labels=labels)
+        else:
+            values = data.field("bytes") if kind == "struct" else data
+            yield Chunk(
+                source=source, start=start, blobs=[v or b"" for v in values.to_pylist()], labels=labels
+            )
+        start += len(batch)
+
+
 def _walk(directory: Path, inputs: Inputs) -> Iterator[Path]:
     """Image files under ``directory``, recursively, in sorted order, listed lazily."""
     try:
@@ -217,6 +270,10 @@ def chunks(
         path = Path(item)
         if path.is_dir():
             paths = _walk(path, found)
+        elif path.is_file() and path.suffix.lower() == ".parquet":
+            yield from flush()
+            yield from _parquet_chunks(path, batch_size)
+            continue
         elif path.is_file():
             paths = iter([path]) if path.suffix.lower() in IMAGE_SUFFIXES else None
             if paths is None:

@@ -237,3 +237,52 @@ def test_sigint_stops_cleanly_with_valid_output_and_a_summary(server, mnist, tmp
     assert "interrupted" in err.decode() and "Traceback" not in err.decode()
     table = rows(target.read_text())
     assert [int(r["index"]) for r in table] == list(range(len(table)))  # a whole, valid prefix
+
+
+def test_parquet_in_and_out(server, tmp_path, mnist):
+    """Tables as the common dataset tools write them: encoded images in a bytes column (or a
+    struct with `bytes`, as Hugging Face stores them), or 784 pixels a row; a Parquet dataset
+    out, whose parts are renamed into place, resumable."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    encoded = []
+    for digit in mnist.x_test[:300]:
+        buffer = io.BytesIO()
+        Image.fromarray(255 - digit).save(buffer, "PNG")
+        encoded.append(buffer.getvalue())
+    encoded[7] = b"not an image"
+    labels = mnist.y_test[:300].astype(np.int64)
+    pq.write_table(
+        pa.table({"image": pa.array(encoded, pa.binary()), "label": labels}), tmp_path / "bytes.parquet"
+    )
+    struct = pa.StructArray.from_arrays(
+        [pa.array(encoded, pa.binary()), pa.array([None] * 300, pa.string())], names=["bytes", "path"]
+    )
+    pq.write_table(pa.table({"image": struct}), tmp_path / "hf.parquet")
+    pixels = pa.array([row.tolist() for row in mnist.x_test[:300].reshape(300, 784)], pa.list_(pa.uint8()))
+    pq.write_table(pa.table({"pixels": pixels, "label": labels}), tmp_path / "pixels.parquet")
+
+    code, out, err = classify(str(tmp_path / "bytes.parquet"), server=server)
+    table = rows(out)
+    assert code == 3 and len(table) == 300 and "accuracy" in err
+    assert [int(r["index"]) for r in table] == list(range(300)) and "bytes.parquet#7" in table[7]["error"]
+    code, hf_out, _ = classify(str(tmp_path / "hf.parquet"), server=server)
+    assert [r["label"] for r in rows(hf_out)] == [r["label"] for r in table]
+    code, pixel_out, err = classify(str(tmp_path / "pixels.parquet"), server=server)
+    assert code == 0 and len(rows(pixel_out)) == 300, err
+
+    dataset = tmp_path / "out"
+    args = [str(tmp_path / "pixels.parquet"), str(tmp_path / "bytes.parquet"), "--format", "parquet"]
+    args += ["-o", str(dataset), "--part-rows", "256"]
+    code, _, err = classify(*args, server=server)
+    assert code == 3, err
+    written = pq.read_table(dataset).to_pydict()
+    assert written["index"] == list(range(300)) * 2 and written["label"][300 + 7] is None
+    # A crash after the first part: its successor half-written under its temporary name.
+    parts = sorted(dataset.glob("part-*.parquet"))
+    assert len(parts) == 3 and not list(dataset.glob(".*.tmp"))  # 256 + 256 + 88 rows
+    parts[-1].rename(dataset / f".{parts[-1].name}.tmp")
+    code, _, err = classify(*args, "--resume", server=server)
+    assert code == 0 and "88 rows written" in err and "512 already" in err, err  # this run's rows
+    assert pq.read_table(dataset).to_pydict() == written and not list(dataset.glob(".*.tmp"))
