@@ -229,19 +229,22 @@ def test_calls_beyond_max_concurrent_rpcs_are_refused_before_any_work(model_repo
         server.wait_serving()
         with grpc.insecure_channel(server.address) as channel:
             stub = pb_grpc.ClassifierStub(channel)
-            requests: queue.Queue = queue.Queue()
 
             def open_stream():
-                while not requests.empty():
-                    requests.get_nowait()
+                # A queue of its own: a refused attempt's request thread must not take this one's.
+                requests: queue.Queue = queue.Queue()
                 stream = stub.ClassifyStream(iter(requests.get, None), timeout=60)
                 requests.put(
                     pb.ClassifyBatchRequest(raw=pb.RawBatch(data=mnist.x_test[:1].tobytes(), count=1))
                 )
-                assert next(stream).count == 1
-                return stream
+                try:
+                    assert next(stream).count == 1
+                except grpc.RpcError:
+                    requests.put(None)
+                    raise
+                return stream, requests
 
-            stream = _until_a_slot_frees(open_stream)  # the open stream holds the one slot
+            stream, requests = _until_a_slot_frees(open_stream)  # the open stream holds the one slot
             with pytest.raises(grpc.RpcError) as refused:
                 stub.Classify(one, timeout=10)
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
