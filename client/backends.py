@@ -1,13 +1,13 @@
 """Where a job's images are classified: the server, or the published model in process.
 
 ``LocalBackend`` (``mnist-classify --model-repository DIR``) needs onnxruntime, which the
-``[offline]`` extra brings to a client install; it verifies the published model's SHA-256
-like the server does and gives the same rows (tested against the server on the same inputs).
+``[offline]`` extra brings to a client install; it checks the published version's sidecar
+with the server's own check (``model_repository.check_sidecar``) and gives the same rows
+(tested against the server on the same inputs).
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from mnist_serving.common import model_repository, preprocess
 from mnist_serving.common.contract import (
     IMAGE_SHAPE,
     INPUT,
+    MODEL_FILENAME,
     MODEL_NAME,
     NUM_CLASSES,
     OUTPUT_LABEL,
@@ -64,10 +65,12 @@ class LocalBackend:
             if newest is None:
                 raise SystemExit(f"{repository}: no published '{name}' model")
             directory = Path(newest).parent
-        data = (directory / "model.onnx").read_bytes()
+        data = (directory / MODEL_FILENAME).read_bytes()
         sidecar = model_repository.read_sidecar(directory)
-        if sidecar.get("model_sha256") != hashlib.sha256(data).hexdigest():
-            raise SystemExit(f"{directory}: model.onnx does not match its sidecar's SHA-256; refusing it")
+        try:
+            model_repository.check_sidecar(directory, sidecar, data)
+        except model_repository.VersionRefused as exc:
+            raise SystemExit(f"{exc}; refusing it") from None
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])

@@ -7,6 +7,7 @@ atomic rename of a complete, verified directory, so readers never see half a mod
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -66,6 +67,27 @@ def _record_highest(root: str | Path, name: str, version: int) -> None:
 
 def version_dir(root: str | Path, name: str, version: int) -> Path:
     return model_dir(root, name) / str(int(version))
+
+
+class VersionRefused(ValueError):
+    """A published version whose sidecar does not vouch for its bytes: never to be served."""
+
+
+def check_sidecar(directory: Path, sidecar: dict, model_bytes: bytes) -> None:
+    """The exporter's own verdicts must say this version passed, for these exact bytes.
+
+    Whoever runs a published model calls this: the server before serving a version, the
+    client before running one in process (``mnist-classify --model-repository``).
+    """
+    if not sidecar.get("parity", {}).get("passed"):
+        raise VersionRefused(f"{directory}: sidecar does not record a passed parity check")
+    if "quantization" in sidecar and not sidecar["quantization"].get("passed"):
+        raise VersionRefused(f"{directory}: sidecar does not record a passed quantisation check")
+    expected = sidecar.get("model_sha256")
+    if not expected:
+        raise VersionRefused(f"{directory}: sidecar has no model_sha256; nothing vouches for these bytes")
+    if hashlib.sha256(model_bytes).hexdigest() != expected:
+        raise VersionRefused(f"{directory}: {MODEL_FILENAME} does not match the sidecar's SHA-256")
 
 
 def read_sidecar(path: str | Path) -> dict:

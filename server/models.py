@@ -8,7 +8,6 @@ version or the new one, and requests already queued finish on the version that t
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,19 +69,6 @@ class LoadedModel:
             raise StartupError(f"{where}: labels are not the argmax of the probabilities")
 
 
-def _check_sidecar(directory: Path, sidecar: dict, model_bytes: bytes) -> None:
-    """The exporter's own verdicts must say this version passed, for these exact bytes."""
-    if not sidecar.get("parity", {}).get("passed"):
-        raise StartupError(f"{directory}: sidecar does not record a passed parity check")
-    if "quantization" in sidecar and not sidecar["quantization"].get("passed"):
-        raise StartupError(f"{directory}: sidecar does not record a passed quantisation check")
-    expected = sidecar.get("model_sha256")
-    if not expected:
-        raise StartupError(f"{directory}: sidecar has no model_sha256; nothing vouches for these bytes")
-    if hashlib.sha256(model_bytes).hexdigest() != expected:
-        raise StartupError(f"{directory}: {MODEL_FILENAME} does not match the sidecar's SHA-256")
-
-
 class ModelStore:
     """Models from a Triton-style repository: each model's newest (or pinned) version."""
 
@@ -130,7 +116,10 @@ class ModelStore:
             raise StartupError(f"{directory}: missing {Path(exc.filename).name}") from None
         except (OSError, ValueError) as exc:
             raise StartupError(f"{directory}: unreadable ({exc})") from None
-        _check_sidecar(directory, sidecar, model_bytes)
+        try:
+            model_repository.check_sidecar(directory, sidecar, model_bytes)
+        except model_repository.VersionRefused as exc:
+            raise StartupError(str(exc)) from None
         runner = OnnxRunner(path, self.providers, self.intra_op_threads, model_bytes=model_bytes)
         # A GPU run includes copies and may wait on the device: never on the event loop.
         inline = self.inline_max_images if runner.provider == CPU else 0
