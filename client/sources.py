@@ -249,7 +249,8 @@ def chunks(
             part = None if labels is None else np.asarray(labels[start : start + batch_size])
             pixels = _uint8(rows, source)
             if mapped is not None:
-                pixels = np.array(pixels, copy=True)
+                if np.may_share_memory(pixels, images):  # float maps were converted: already a copy
+                    pixels = pixels.copy()
                 mapped.madvise(mmap.MADV_DONTNEED)  # otherwise every page read stays resident
             yield Chunk(source=source, start=start, array=pixels, labels=part)
 
