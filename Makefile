@@ -45,10 +45,12 @@ serve: $(VENV)/.installed-run
 	$(BIN)/mnist-serve --model-repository $(MODELS) $(SERVE_ARGS)
 
 # Tests: lint, then the whole suite (real training on small settings, real servers on loopback).
+# The suites start subprocesses (fork, then exec) while their clients' calls are in flight:
+# gRPC's fork handlers are for children that go on using gRPC, and can abort the parent there.
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
+	GRPC_ENABLE_FORK_SUPPORT=false $(BIN)/python -m pytest -q
 
 # Every image docker-compose.yml uses; offline stand-in bases when Docker Hub is unreachable.
 images:
@@ -57,7 +59,7 @@ images:
 # docker-compose.yml end to end on a real Docker engine (started here if installed and idle).
 compose-test: $(VENV)/.installed-dev
 	@engine=$$(docker/engine.sh start); echo "docker engine: $$engine"; \
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m compose tests/integration/test_compose.py; rc=$$?; \
+	PATH="$(abspath $(BIN)):$$PATH" GRPC_ENABLE_FORK_SUPPORT=false $(BIN)/python -m pytest -q -m compose tests/integration/test_compose.py; rc=$$?; \
 	if [ "$$engine" = started ]; then docker/engine.sh stop; fi; exit $$rc
 
 lint: $(VENV)/.installed-dev

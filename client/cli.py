@@ -29,19 +29,23 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
 from mnist_serving.client.backends import LocalBackend, ServerBackend
 from mnist_serving.client.client import DEFAULT_SERVER, Client
-from mnist_serving.client.job import Job, Row, Summary
+from mnist_serving.client.job import Job, Row, Summary, start_decode_server
 from mnist_serving.client.output import ParquetWriter, ResumeError, Writer, completed, completed_parquet
 from mnist_serving.client.results import ClassifyError
 from mnist_serving.client.sources import Chunk, InputError, Inputs, chunks, listed_inputs
 from mnist_serving.common.contract import MODEL_NAME
 from mnist_serving.common.idx import IdxError, read_idx
 from mnist_serving.common.preprocess import PREPROCESSING_VERSION
+
+if TYPE_CHECKING:
+    from mnist_serving.client.ray_engine import RayEngine
 
 
 def _connection_args(parser: argparse.ArgumentParser) -> None:
@@ -64,17 +68,21 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _client_options(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "server": args.server,
+        "timeout": args.timeout,
+        "retries": args.retries,
+        "tls": args.tls,
+        "root_certificates": args.ca,
+        "client_certificate": args.cert,
+        "client_key": args.key,
+        "token": args.token,
+    }
+
+
 def _client(args: argparse.Namespace) -> Client:
-    return Client(
-        args.server,
-        timeout=args.timeout,
-        retries=args.retries,
-        tls=args.tls,
-        root_certificates=args.ca,
-        client_certificate=args.cert,
-        client_key=args.key,
-        token=args.token,
-    )
+    return Client(**_client_options(args))
 
 
 def classify_parser() -> argparse.ArgumentParser:
@@ -120,6 +128,18 @@ def classify_parser() -> argparse.ArgumentParser:
         type=Path,
         help="run the published model in process (onnxruntime, no server; extra [offline])",
     )
+    parser.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this machine's processes; ray: Ray Data tasks and an actor pool of "
+        "--concurrency classifiers (extra [batch])",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="join this Ray cluster (HOST:PORT, or auto) instead of starting a local Ray [env RAY_ADDRESS]",
+    )
     parser.add_argument("--model", default="", help="model name (default: the server's 'mnist')")
     parser.add_argument("--model-version", default="", help="model version (default: the served one)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -160,6 +180,25 @@ def _backend(args: argparse.Namespace, stack: contextlib.ExitStack) -> tuple[obj
     return ServerBackend(client, args.probabilities, args.model, args.model_version), server_decode
 
 
+def _engine(args: argparse.Namespace, backend: object, server_decode: bool) -> Job | RayEngine:
+    if args.engine == "local":
+        return Job(backend, args.concurrency, args.decode_workers, server_decode)
+    try:
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise InputError("--engine ray needs Ray Data: pip install 'mnist-serving[batch]'") from None
+    from mnist_serving.client.ray_engine import BackendSpec, RayEngine
+
+    spec = BackendSpec(
+        args.model_repository,
+        args.probabilities,
+        args.model,
+        args.model_version,
+        {} if args.model_repository is not None else _client_options(args),
+    )
+    return RayEngine(spec, args.ray_address, server_decode, args.concurrency, args.decode_workers)
+
+
 def run_classify(args: argparse.Namespace) -> int:
     if not (args.inputs or args.files_from or args.mnist_test):
         raise InputError("no inputs: give image files, directories, IDX/.npy/.npz files, - or --mnist-test")
@@ -177,8 +216,10 @@ def run_classify(args: argparse.Namespace) -> int:
     summary = Summary(skipped=done)
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
+        if args.engine == "local" and (args.inputs or args.files_from):
+            start_decode_server()
         backend, server_decode = _backend(args, stack)
-        job = Job(backend, args.concurrency, args.decode_workers, server_decode)
+        job = _engine(args, backend, server_decode)
         stack.callback(job.close)
         stream = chunks(listed_inputs(args.inputs, args.files_from), args.batch_size, found, _arrays(args))
         stream = _skip(stream, done, last)

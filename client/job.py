@@ -58,17 +58,23 @@ class Decoded:
 
 
 def read_and_decode(
-    paths: list[str], stdin: bytes | None, decode: bool, held: list[bytes] | None = None
+    paths: list[str],
+    stdin: bytes | None,
+    decode: bool,
+    held: list[bytes] | None = None,
+    base: str | None = None,
 ) -> Decoded | list[bytes | str]:
     """In a decode worker: each file (or each ``held`` encoded image, named by ``paths``) →
-    28×28 pixels (``decode``) or its bytes; errors named."""
+    28×28 pixels (``decode``) or its bytes; errors named. Relative paths are read from
+    ``base`` (the caller's directory, for workers that run elsewhere) and named as given."""
     images, rows, errors, blobs = [], [], {}, []
     for position, name in enumerate(paths):
         try:
             if held is not None:
                 data = held[position]
             else:
-                data = stdin if name == STDIN and stdin is not None else Path(name).read_bytes()
+                path = Path(base, name) if base else Path(name)
+                data = stdin if name == STDIN and stdin is not None else path.read_bytes()
         except OSError as exc:
             errors[position] = f"{name}: cannot read ({exc.strerror or exc})"
             blobs.append(errors[position])
@@ -109,6 +115,57 @@ def _rows_from(names: list[tuple[str, int]], result: BatchResult, positions: lis
     return out
 
 
+Prepared = Decoded | list[bytes | str] | None
+
+
+def start_decode_server() -> None:
+    """Start the decode pool's fork server now, before any gRPC channel is open: the only
+    fork of this process then happens while gRPC has no calls in flight."""
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+
+
+def prepare(chunk: Chunk, server_decode: bool, base: str | None = None) -> Prepared:
+    """The half of a chunk's work done where the data is (a decode process, or a Ray task):
+    read and preprocess its files, or only read them for the server to decode. Arrays need
+    nothing (None). ``base``: the directory relative paths name (the driver's)."""
+    if chunk.array is not None:
+        return None
+    names = chunk.names()
+    paths = [f"{s}#{i}" for s, i in names] if chunk.blobs is not None else [str(p) for p in chunk.files]
+    return read_and_decode(paths, chunk.stdin, not server_decode, chunk.blobs, base)
+
+
+def classify_chunk(backend: Backend, chunk: Chunk, prepared: Prepared) -> list[Row]:
+    """The other half (a caller thread, or a Ray actor): the backend's answers as rows in
+    the chunk's order, with the preparation's errors in their places."""
+    names = chunk.names()
+    rows: dict[int, Row] = {}
+    if chunk.array is not None:
+        rows = _rows_from(names, backend.classify_raw(chunk.array), list(range(len(chunk))))
+    elif isinstance(prepared, Decoded):
+        for position, message in prepared.errors.items():
+            rows[position] = Row(*names[position], error=message)
+        if prepared.rows:
+            rows.update(_rows_from(names, backend.classify_raw(prepared.images), prepared.rows))
+    elif prepared is not None:
+        readable = [i for i, blob in enumerate(prepared) if isinstance(blob, bytes)]
+        for i, blob in enumerate(prepared):
+            if isinstance(blob, str):
+                rows[i] = Row(*names[i], error=blob)
+        if readable:
+            result = backend.classify_encoded([prepared[i] for i in readable])
+            # The server names items by their index in the request; name the file too.
+            result.errors.update({k: f"{names[readable[k]][0]}: {v}" for k, v in result.errors.items()})
+            rows.update(_rows_from(names, result, readable))
+    ordered = [rows[i] for i in range(len(chunk))]
+    if chunk.labels is not None:
+        for row, truth in zip(ordered, chunk.labels, strict=True):
+            row.truth = int(truth)
+    return ordered
+
+
 class Job:
     """Runs chunks through a backend; ``write`` receives each chunk's rows, in input order."""
 
@@ -134,39 +191,10 @@ class Job:
         self.decoders.shutdown(wait=True, cancel_futures=True)
 
     def _run_chunk(self, chunk: Chunk) -> list[Row]:
-        names = chunk.names()
-        if chunk.array is not None:
-            rows = _rows_from(names, self.backend.classify_raw(chunk.array), list(range(len(chunk))))
-        else:
-            paths = (
-                [f"{s}#{i}" for s, i in names] if chunk.blobs is not None else [str(p) for p in chunk.files]
-            )
-            decoded = self.decoders.submit(
-                read_and_decode, paths, chunk.stdin, not self.server_decode, chunk.blobs
-            ).result()
-            rows: dict[int, Row] = {}
-            if isinstance(decoded, Decoded):
-                for position, message in decoded.errors.items():
-                    rows[position] = Row(*names[position], error=message)
-                if decoded.rows:
-                    rows.update(_rows_from(names, self.backend.classify_raw(decoded.images), decoded.rows))
-            else:
-                readable = [i for i, blob in enumerate(decoded) if isinstance(blob, bytes)]
-                for i, blob in enumerate(decoded):
-                    if isinstance(blob, str):
-                        rows[i] = Row(*names[i], error=blob)
-                if readable:
-                    result = self.backend.classify_encoded([decoded[i] for i in readable])
-                    # The server names items by their index in the request; name the file too.
-                    result.errors.update(
-                        {k: f"{names[readable[k]][0]}: {v}" for k, v in result.errors.items()}
-                    )
-                    rows.update(_rows_from(names, result, readable))
-        ordered = [rows[i] for i in range(len(chunk))]
-        if chunk.labels is not None:
-            for row, truth in zip(ordered, chunk.labels, strict=True):
-                row.truth = int(truth)
-        return ordered
+        prepared = None
+        if chunk.array is None:
+            prepared = self.decoders.submit(prepare, chunk, self.server_decode).result()
+        return classify_chunk(self.backend, chunk, prepared)
 
     def run(self, chunks: Iterable[Chunk], write: Callable[[list[Row]], None]) -> Iterator[int]:
         """Classify every chunk; yields the number of rows written after each chunk."""

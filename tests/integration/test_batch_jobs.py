@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,34 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-EXE = str(Path(sys.executable).parent / "mnist-classify")
-EXAMPLES = Path(__file__).parents[2] / "docs" / "examples"
-
-
-def classify(*args: str, server=None, stdin: bytes | None = None, timeout: float = 300):
-    command = [EXE, "--no-progress", *args] + (["--server", server.address] if server else [])
-    done = subprocess.run(command, input=stdin, capture_output=True, timeout=timeout, check=False)
-    return done.returncode, done.stdout.decode(), done.stderr.decode()
-
-
-def rows(text: str) -> list[dict]:
-    return list(csv.DictReader(io.StringIO(text)))
+from tests.batch_cli import EXAMPLES, EXE, classify, messy_inbox, rows
 
 
 @pytest.fixture
 def messy_directory(tmp_path: Path, mnist) -> Path:
-    """Good images of several kinds among corrupt, truncated, empty and non-image files."""
-    root = tmp_path / "inbox"
-    (root / "b-more").mkdir(parents=True)
-    for example in sorted(EXAMPLES.iterdir()):
-        shutil.copy(example, root / example.name)
-    Image.fromarray(255 - mnist.x_test[0]).save(root / "b-more" / "mnist-7.png")
-    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
-    (root / "truncated.jpg").write_bytes((EXAMPLES / "photo-4.jpg").read_bytes()[:400])
-    (root / "empty.png").write_bytes(b"")
-    (root / "README.txt").write_text("scans from the front desk")
-    (root / "b-more" / "notes.json").write_text("{}")
-    return root
+    return messy_inbox(tmp_path, mnist)
 
 
 def test_a_messy_directory_gives_a_row_per_image_and_goes_on(server, messy_directory):
