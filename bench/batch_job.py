@@ -1,18 +1,22 @@
 """`mnist-classify` jobs end to end against plain decoding and in-process onnxruntime.
 
-    python bench/batch_job.py --server 127.0.0.1:50051 [--model models/mnist/1/model.onnx]
+    python bench/batch_job.py [--server 127.0.0.1:50051] [--docs docs/batch.md]
 
 One sitting, the same files for every row: 10,000 28×28 PNGs (MNIST test digits), 2,000
 400×400 JPEG scans, and the 10,000 test images as a .npy. Plain decoding is Pillow open +
 convert to L at full size on all cores; the ceiling for arrays is in-process onnxruntime
 (one thread, batches of 256). Each job runs as a user would run it (the CLI, CSV to a file).
+Then the local engine against Ray Data (a local Ray) on the same files, and throughput
+against decode workers; ``--docs`` writes the figures and a plot into docs/batch.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -65,17 +69,138 @@ def ceiling(model: str, images: np.ndarray) -> float:
     return len(images) / (time.perf_counter() - started)
 
 
+def steady(args: list[str], server: str, count: int, repeat: int = 3) -> float:
+    """Images per second once a job is running: the inputs once and ``repeat`` times (the same
+    files listed again), so a job's fixed start-up (a local Ray: seconds) cancels out."""
+    _, once = job_seconds(args, server)
+    _, many = job_seconds(args * repeat, server)
+    return count * (repeat - 1) / max(many - once, 1e-9)
+
+
+def job_seconds(args: list[str], server: str) -> tuple[float, float]:
+    """(rows, seconds from process start to exit) of one CLI job."""
+    with tempfile.TemporaryDirectory() as out:
+        started = time.perf_counter()
+        done = subprocess.run(
+            [EXE, "--no-progress", *args, "--server", server, "-o", f"{out}/rows.csv"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        seconds = time.perf_counter() - started
+    if done.returncode not in (0, 3):
+        raise SystemExit(done.stderr[-3000:])
+    return float(re.search(r"^(\d+) rows written", done.stderr, re.M).group(1)), seconds
+
+
+def engines(root: Path, server: str, model_dir: Path, counts: dict[str, int]) -> dict:
+    """The local engine against Ray (a local Ray, both through the server and offline), and
+    throughput against decode workers: steady-state rates, the same files for every row."""
+    out: dict = {"engines": {}, "decode_workers": {}}
+    for name, inputs in (("small PNGs", [str(root / "pngs")]), ("JPEG scans", [str(root / "scans")])):
+        for engine in ("local", "ray"):
+            for where, extra in (("server", []), ("offline", ["--model-repository", str(model_dir)])):
+                rate = steady([*inputs, "--engine", engine, *extra], server, counts[name])
+                out["engines"][f"{name} | {engine} | {where}"] = rate
+                print(f"{name}, {engine} engine, {where}: {rate:,.0f} images/s (steady)", flush=True)
+    for engine in ("local", "ray"):
+        for workers in (1, 2, 4):
+            args = [str(root / "scans"), "--engine", engine, "--decode-workers", str(workers)]
+            rate = steady(args, server, counts["JPEG scans"])
+            out["decode_workers"][f"{engine} | {workers}"] = rate
+            print(f"JPEG scans, {engine} engine, {workers} decode workers: {rate:,.0f} images/s", flush=True)
+    return out
+
+
+def plot(figures: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    labels = list(figures["engines"])
+    left.barh(range(len(labels)), [figures["engines"][k] for k in labels], color="#4c72b0")
+    left.set_yticks(range(len(labels)), [k.replace(" | ", ", ") for k in labels], fontsize=8)
+    left.set_xlabel("images/s (steady state)")
+    left.set_title("local engine vs Ray Data (local Ray)")
+    for engine, colour in (("local", "#4c72b0"), ("ray", "#dd8452")):
+        points = sorted(
+            (int(k.split(" | ")[1]), v) for k, v in figures["decode_workers"].items() if k.startswith(engine)
+        )
+        right.plot([w for w, _ in points], [v for _, v in points], "o-", color=colour, label=engine)
+    right.set_xlabel("decode workers (processes, or Ray tasks)")
+    right.set_ylabel("images/s, 400×400 JPEG scans")
+    right.set_title(f"throughput against decode workers ({os.cpu_count()} cores)")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def write_docs(docs: Path, figures: dict) -> None:
+    """The generated part of docs/batch.md, between its markers."""
+    table = ["| input | job | reference | ratio | target |", "|---|---|---|---|---|"]
+    targets = {"10,000 small PNGs": 0.40, "2,000 400×400 JPEG scans": 0.50}
+    for name, row in figures["targets"].items():
+        target = targets.get(name, 0.50)
+        verdict = "met" if row["ratio"] >= target else "missed"
+        table.append(
+            f"| {name} | {row['images_per_s']:,.0f}/s ({row['wall_images_per_s']:,.0f}/s) | "
+            f"{row['reference']:,.0f}/s | {row['ratio']:.0%} | ≥ {target:.0%}: {verdict} |"
+        )
+    engines_table = ["| input | engine | classified by | images/s (steady) |", "|---|---|---|---|"]
+    for key, rate in figures["engines"].items():
+        name, engine, where = key.split(" | ")
+        engines_table.append(f"| {name} | {engine} | {where} | {rate:,.0f} |")
+    workers_table = ["| engine | decode workers | scans/s (steady) |", "|---|---|---|"]
+    for key, rate in figures["decode_workers"].items():
+        engine, workers = key.split(" | ")
+        workers_table.append(f"| {engine} | {workers} | {rate:,.0f} |")
+    body = "\n".join(
+        [
+            f"One sitting, {figures['date']}, {os.cpu_count()} cores; the server (default flags) and "
+            "the job on the same machine. The job's rate as its summary reports it, and in brackets "
+            "from process start to exit; references on all cores:",
+            "",
+            *table,
+            "",
+            "Engines, steady state (the inputs listed once and three times; the difference is the "
+            "rate once a job runs, so Ray's start-up cancels out):",
+            "",
+            *engines_table,
+            "",
+            *workers_table,
+            "",
+            "![local engine and Ray Data; throughput against decode workers](batch-throughput.png)",
+        ]
+    )
+    text = docs.read_text()
+    begin, end = "<!-- batch-bench:begin -->", "<!-- batch-bench:end -->"
+    head, _, rest = text.partition(begin)
+    _, _, tail = rest.partition(end)
+    docs.write_text(f"{head}{begin}\n{body}\n{end}{tail}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--server", required=True)
+    parser.add_argument("--server", help="HOST:PORT of a running server (default: start mnist-serve)")
     parser.add_argument("--model", help="model.onnx for the in-process ceiling (default: newest published)")
+    parser.add_argument("--docs", type=Path, help="write figures and plot into docs/batch.md")
     args = parser.parse_args()
-    model = args.model or str(model_repository.published_model(HERE.parent / "models", MODEL_NAME))
+    model = Path(args.model or model_repository.published_model(HERE.parent / "models", MODEL_NAME))
     mnist = load_mnist()
-    figures: dict = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    figures: dict = {"date": time.strftime("%Y-%m-%d"), "targets": {}}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        server = args.server
+        if server is None:
+            from run import servers
+
+            own = servers(model, [], quick=True)[0]
+            own.start(Path(tmp) / "server.log")
+            stack.callback(own.stop)
+            server = f"127.0.0.1:{own.port}"
         root = Path(tmp)
         pngs, jpgs = root / "pngs", root / "scans"
         pngs.mkdir()
@@ -97,14 +222,14 @@ def main() -> int:
                 "arrays: .npy of the 10,000 test images",
                 [str(root / "test.npy")],
                 10000,
-                ceiling(model, mnist.x_test),
+                ceiling(str(model), mnist.x_test),
             ),
             ("arrays: --mnist-test", ["--mnist-test"], 10000, None),
         )
         for name, inputs, count, reference in rows:
-            rate, wall = job(inputs, args.server, count)
-            reference = reference or figures["arrays: .npy of the 10,000 test images"]["reference"]
-            figures[name] = {
+            rate, wall = job(inputs, server, count)
+            reference = reference or figures["targets"]["arrays: .npy of the 10,000 test images"]["reference"]
+            figures["targets"][name] = {
                 "images_per_s": rate,
                 "wall_images_per_s": wall,
                 "reference": reference,
@@ -115,7 +240,12 @@ def main() -> int:
                 f"(process start to exit: {wall:,.0f}/s)",
                 flush=True,
             )
+        model_dir = model.parent.parent.parent
+        figures.update(engines(root, server, model_dir, {"small PNGs": len(small), "JPEG scans": len(big)}))
     print(json.dumps(figures))
+    if args.docs:
+        plot(figures, args.docs.parent / "batch-throughput.png")
+        write_docs(args.docs, figures)
     return 0
 
 
