@@ -119,6 +119,8 @@ def servers(model: Path, peers: list[str], quick: bool = False) -> list[Server]:
                     "127.0.0.1",
                     "--metrics-port",
                     "-1",
+                    "--http-port",
+                    "-1",
                     "--poll-interval",
                     "0",
                     "--log-level",

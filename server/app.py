@@ -20,7 +20,7 @@ from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
-from mnist_serving.server import security
+from mnist_serving.server import http_listener, security
 from mnist_serving.server.classifier_servicer import ClassifierServicer
 from mnist_serving.server.config import ServerConfig
 from mnist_serving.server.dataplane import DataPlane
@@ -29,6 +29,7 @@ from mnist_serving.server.errors import StartupError
 from mnist_serving.server.grpc_adapter import DataPlaneInterceptor
 from mnist_serving.server.metrics import Metrics
 from mnist_serving.server.models import ModelStore
+from mnist_serving.server.rest import RestFrontEnd
 from mnist_serving.server.runner import select_providers
 from mnist_serving.server.v2_servicer import InferenceServicer
 
@@ -51,6 +52,8 @@ class MnistServer:
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.http_port: int | None = None
+        self.http: http_listener.HttpListener | None = None
         self._stop = asyncio.Event()
         self._signals = 0
         self._watcher: asyncio.Task | None = None
@@ -147,6 +150,11 @@ class MnistServer:
                     f"--metrics-port {config.metrics_port}: cannot listen on {where}"
                 ) from None
             print(f"serving metrics on {config.metrics_host}:{self.metrics_port}", flush=True)
+        if config.http_port >= 0:
+            front_end = RestFrontEnd(self.dataplane, config.max_request_images, config.max_message_bytes)
+            self.http = http_listener.HttpListener(front_end.app, config, self.reuse_port)
+            self.http_port = await self.http.start()
+            print(f"serving HTTP on {config.host}:{self.http_port}", flush=True)
         await self.server.start()
         security_mode = ("mutual TLS" if config.tls_client_ca else "TLS") if credentials else "plaintext"
         log.info(
@@ -240,8 +248,11 @@ class MnistServer:
         drained = await self.dataplane.drain(self.config.grace)
         if not drained:
             log.warning("grace period over with %d calls unanswered", self.dataplane.inflight)
+        remaining = max(0.0, self.config.grace - (time.monotonic() - started))
         if self.server is not None:
-            await self.server.stop(max(0.0, self.config.grace - (time.monotonic() - started)))
+            await self.server.stop(remaining)
+        if self.http is not None:
+            await self.http.stop()
         await self.store.close()
         self.decoder.close()
         if self._retiring:
@@ -257,6 +268,8 @@ class MnistServer:
         except BaseException:
             if self.server is not None:
                 await self.server.stop(0)
+            if self.http is not None:
+                await self.http.stop()
             self.decoder.close()
             raise
         await self._stop.wait()

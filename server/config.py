@@ -40,6 +40,8 @@ class ServerConfig:
     """Prometheus /metrics (and /ready) HTTP port (0 picks a free port, -1 disables)."""
     metrics_host: str = "0.0.0.0"
     """Address the metrics listener binds (e.g. 127.0.0.1 to keep it local)."""
+    http_port: int = 8080
+    """KServe v2 REST API and the drawing page, on --host (0 picks a free port, -1 disables)."""
     device: str = "auto"
     """auto (CUDA if onnxruntime-gpu sees a GPU, else CPU), cpu or cuda (error if unavailable)."""
     intra_op_threads: int = 1

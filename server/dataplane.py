@@ -128,6 +128,7 @@ class Classified:
     probabilities: np.ndarray  # float32 [N, 10]
     labels: np.ndarray  # int64 [N]
     errors: dict[int, ServingError]
+    images: np.ndarray | None = None  # uint8 [N,28,28]: what the model saw (zeros where failed)
 
     @property
     def confidences(self) -> np.ndarray:
@@ -301,7 +302,7 @@ class DataPlane:
         """uint8 [N,28,28] → results; any failure fails the whole request."""
         model = self.model(name, version)
         probabilities, labels = await model.batcher.infer(images, self._deadline())
-        return Classified(model, probabilities, labels, {})
+        return Classified(model, probabilities, labels, {}, images)
 
     async def classify_items(
         self,
@@ -335,14 +336,14 @@ class DataPlane:
                 decoded[index] = item.reshape(IMAGE_SHAPE)
         probabilities = np.zeros((count, NUM_CLASSES), dtype=np.float32)
         labels = np.full(count, NO_LABEL, dtype=np.int64)
+        images = np.zeros((count, *IMAGE_SHAPE), dtype=np.uint8)
         if decoded:
             good = sorted(decoded)
-            found, found_labels = await model.batcher.infer(
-                np.stack([decoded[i] for i in good]), self._deadline()
-            )
+            images[good] = np.stack([decoded[i] for i in good])
+            found, found_labels = await model.batcher.infer(images[good], self._deadline())
             probabilities[good] = found
             labels[good] = found_labels
-        return Classified(model, probabilities, labels, errors)
+        return Classified(model, probabilities, labels, errors, images)
 
     @staticmethod
     def _deadline() -> float | None:

@@ -154,6 +154,20 @@ def encode_infer_response(
     return response
 
 
+def model_metadata(dataplane: DataPlane, name: str, version: str) -> v2.ModelMetadataResponse:
+    """A model's metadata, as both transports answer it."""
+    model = dataplane.model(name, version)
+    contract = contract_dict()
+    return v2.ModelMetadataResponse(
+        name=model.name,
+        versions=[str(v) for v in dataplane.store.versions(model.name)],
+        platform=PLATFORM,
+        inputs=[v2.ModelMetadataResponse.TensorMetadata(**t) for t in contract["inputs"]],
+        outputs=[v2.ModelMetadataResponse.TensorMetadata(**t) for t in contract["outputs"]],
+        parameters={"preprocessing_version": v2.InferParameter(string_param=PREPROCESSING_VERSION)},
+    )
+
+
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, dataplane: DataPlane, max_request_images: int) -> None:
         self.dataplane = dataplane
@@ -186,16 +200,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: v2.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> v2.ModelMetadataResponse:
-        model = self.dataplane.model(request.name, request.version)
-        contract = contract_dict()
-        return v2.ModelMetadataResponse(
-            name=model.name,
-            versions=[str(v) for v in self.dataplane.store.versions(model.name)],
-            platform=PLATFORM,
-            inputs=[v2.ModelMetadataResponse.TensorMetadata(**t) for t in contract["inputs"]],
-            outputs=[v2.ModelMetadataResponse.TensorMetadata(**t) for t in contract["outputs"]],
-            parameters={"preprocessing_version": v2.InferParameter(string_param=PREPROCESSING_VERSION)},
-        )
+        return model_metadata(self.dataplane, request.name, request.version)
 
     async def ModelInfer(
         self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext

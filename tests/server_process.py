@@ -37,6 +37,7 @@ class ServerProcess:
             "0",
             "--metrics-port",
             "0",
+            *([] if "--http-port" in args else ["--http-port", "0"]),
             *args,
         ]
         self.log_path = log_path
@@ -51,16 +52,19 @@ class ServerProcess:
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.stdout: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()
-        self.port = self.metrics_port = None
+        self.port = self.metrics_port = self.http_port = None
         while self.port is None:
             line = self.lines.get(timeout=STARTUP_TIMEOUT)
             if line is None:
                 raise RuntimeError(f"mnist-serve exited with {self.process.wait()} before listening")
             if m := re.match(r"serving metrics on .*:(\d+)$", line):
                 self.metrics_port = int(m.group(1))
+            if m := re.match(r"serving HTTP on .*:(\d+)$", line):
+                self.http_port = int(m.group(1))
             if m := re.match(r"serving gRPC on .*:(\d+)$", line):
                 self.port = int(m.group(1))
         self.address = f"127.0.0.1:{self.port}"
+        self.http_url = f"http://127.0.0.1:{self.http_port}" if self.http_port else None
 
     def _pump(self) -> None:
         for line in self.process.stdout:

@@ -19,6 +19,8 @@ from mnist_serving.server.app import MnistServer
 from mnist_serving.server.config import ServerConfig
 from tests.server_process import ServerProcess
 
+NO_PORTS = ["--metrics-port", "-1", "--http-port", "-1"]
+
 
 def _serve(args, timeout=120):
     exe = shutil.which("mnist-serve", path=str(__import__("pathlib").Path(sys.executable).parent))
@@ -26,7 +28,7 @@ def _serve(args, timeout=120):
 
 
 def test_missing_repository_is_a_clear_error(tmp_path):
-    done = _serve(["--model-repository", str(tmp_path / "nothing"), "--port", "0", "--metrics-port", "-1"])
+    done = _serve(["--model-repository", str(tmp_path / "nothing"), "--port", "0", *NO_PORTS])
     assert done.returncode == 2
     assert "no such directory" in done.stderr and "Traceback" not in done.stderr
 
@@ -40,7 +42,7 @@ def test_corrupt_model_is_a_clear_error(tmp_path, model_repository, keep_digest)
         sidecar = json.loads((repo / "mnist" / "1" / "model.json").read_text())
         del sidecar["model_sha256"]
         (repo / "mnist" / "1" / "model.json").write_text(json.dumps(sidecar))
-    done = _serve(["--model-repository", str(repo), "--port", "0", "--metrics-port", "-1"])
+    done = _serve(["--model-repository", str(repo), "--port", "0", *NO_PORTS])
     assert done.returncode == 2
     expected = "does not match the sidecar" if keep_digest else "no model_sha256"
     assert expected in done.stderr and "Traceback" not in done.stderr
@@ -68,7 +70,9 @@ def test_health_is_not_serving_until_the_model_is_loaded(model_repository):
 
     async def go():
         server = MnistServer(
-            ServerConfig(model_repository=model_repository, host="127.0.0.1", port=0, metrics_port=-1)
+            ServerConfig(
+                model_repository=model_repository, host="127.0.0.1", port=0, metrics_port=-1, http_port=0
+            )
         )
         await server.start_transport()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -106,7 +110,9 @@ def test_ready_endpoint_is_200_only_while_taking_calls(model_repository):
 
     async def go():
         server = MnistServer(
-            ServerConfig(model_repository=model_repository, host="127.0.0.1", port=0, metrics_port=0)
+            ServerConfig(
+                model_repository=model_repository, host="127.0.0.1", port=0, metrics_port=0, http_port=0
+            )
         )
         loop = asyncio.get_running_loop()
         await server.start_transport()
@@ -122,7 +128,7 @@ def test_ready_endpoint_is_200_only_while_taking_calls(model_repository):
 
 def test_no_published_model_exits_2_before_opening_the_port(tmp_path):
     (tmp_path / "models" / "mnist").mkdir(parents=True)
-    done = _serve(["--model-repository", str(tmp_path / "models"), "--port", "0", "--metrics-port", "-1"])
+    done = _serve(["--model-repository", str(tmp_path / "models"), "--port", "0", *NO_PORTS])
     assert done.returncode == 2
     assert "no published 'mnist' model" in done.stderr and "Traceback" not in done.stderr
     assert "serving gRPC" not in done.stdout  # never listened, so no supervisor sees it up
@@ -137,7 +143,7 @@ def test_a_port_in_use_is_one_line_and_exit_2(model_repository):
         port = taken.getsockname()[1]
         done = _serve(
             ["--model-repository", str(model_repository), "--host", "127.0.0.1", "--port", str(port)]
-            + ["--metrics-port", "-1"]
+            + NO_PORTS
         )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
@@ -254,3 +260,20 @@ def test_calls_beyond_max_concurrent_rpcs_are_refused_before_any_work(model_repo
             assert answer.prediction.label >= 0
     finally:
         assert server.stop() == 0
+
+
+def test_an_http_port_in_use_is_one_line_and_exit_2(model_repository):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _serve(
+            ["--model-repository", str(model_repository), "--host", "127.0.0.1", "--port", "0"]
+            + ["--metrics-port", "-1", "--http-port", str(port)]
+        )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("mnist-serve:")]
+    assert lines == [f"mnist-serve: --http-port {port}: cannot listen on 127.0.0.1 (Address already in use)"]

@@ -1,0 +1,172 @@
+"""The v2 REST API on the real server: Triton's HTTP client, curl, errors, auth, metrics."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.server_process import ServerProcess
+
+HERE = Path(__file__).parent
+
+
+def http(url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict, dict]:
+    request = urllib.request.Request(url, data=body, headers=headers or {}, method="POST" if body else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), json.loads(exc.read() or b"{}")
+
+
+def json_infer(images: np.ndarray, datatype: str = "UINT8") -> bytes:
+    data = images.tolist() if datatype == "UINT8" else (images / 255.0).tolist()
+    tensor = {"name": "image", "shape": list(images.shape), "datatype": datatype, "data": data}
+    return json.dumps({"id": "curl-1", "inputs": [tensor]}).encode()
+
+
+def test_tritonclient_http_works_unchanged(server, mnist, onnx_reference, tmp_path):
+    images = mnist.x_test[:300]
+    np.save(tmp_path / "images.npy", images)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(HERE.parent / "tritonclient_http_check.py"),
+            f"127.0.0.1:{server.http_port}",
+            str(tmp_path / "images.npy"),
+            str(tmp_path / "out.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    facts = json.loads(done.stdout)
+    assert facts["live"] and facts["ready"] and facts["model_ready"] and facts["int8_ready"]
+    assert not facts["unknown_ready"]
+    assert facts["server"]["name"] == "mnist-serving"
+    assert facts["metadata"]["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, 28, 28]}]
+    assert facts["int8_metadata"]["name"] == "mnist-int8"
+    assert facts["binary_response"]["model_name"] == "mnist"
+    assert facts["binary_response"]["id"] == "triton-http-1"
+    assert [o["name"] for o in facts["json_outputs"]] == ["probabilities", "label"]
+    assert facts["bad_shape"]["status"] == "400" and "inputs[0].shape" in facts["bad_shape"]["message"]
+    out = np.load(tmp_path / "out.npz")
+    reference_probabilities, reference_labels = onnx_reference
+    np.testing.assert_array_equal(out["labels"], reference_labels[:300])
+    np.testing.assert_allclose(out["probabilities"], reference_probabilities[:300], atol=1e-6)
+    np.testing.assert_array_equal(out["json_labels"], reference_labels[:32])
+    np.testing.assert_allclose(out["json_probabilities"], reference_probabilities[:32], atol=1e-6)
+    assert (out["int8_labels"] == reference_labels[:32]).mean() > 0.9
+
+
+def test_curl_with_json(server, mnist, onnx_reference, tmp_path):
+    (tmp_path / "request.json").write_bytes(json_infer(mnist.x_test[:4]))
+    url = f"{server.http_url}/v2/models/mnist/infer"
+    done = subprocess.run(
+        ["curl", "-sS", "-X", "POST", "-H", "content-type: application/json", "-d", "@request.json", url],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    answer = json.loads(done.stdout)
+    outputs = {o["name"]: o for o in answer["outputs"]}
+    assert answer["id"] == "curl-1" and answer["model_name"] == "mnist"
+    assert outputs["label"]["data"] == onnx_reference[1][:4].tolist()
+    assert outputs["probabilities"]["shape"] == [4, 10]
+
+
+def test_fp32_json_and_versions_path(server, mnist, onnx_reference):
+    status, headers, answer = http(
+        f"{server.http_url}/v2/models/mnist/versions/1/infer", json_infer(mnist.x_test[:3], "FP32")
+    )
+    assert status == 200, answer
+    assert answer["model_version"] == "1" and headers["x-request-id"]
+    labels = next(o["data"] for o in answer["outputs"] if o["name"] == "label")
+    assert labels == onnx_reference[1][:3].tolist()
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "words"),
+    [
+        ("/v2/models/mnist/infer", b"{not json", 400, "not JSON"),
+        ("/v2/models/mnist/infer", b'{"inputs": 3}', 400, "inputs: expected a list"),
+        (
+            "/v2/models/mnist/infer",
+            b'{"inputs": [{"name": "image", "shape": [1, 28, 28], "datatype": "UINT8", "data": [1, 2]}]}',
+            400,
+            "inputs[0].data: 2 values; shape [1, 28, 28] needs 784",
+        ),
+        (
+            "/v2/models/mnist/infer",
+            b'{"inputs": [{"name": "image", "shape": [1, 784], "datatype": "UINT8", "data": ["a"]}]}',
+            400,
+            "inputs[0].data: expected a (nested) list of numbers",
+        ),
+        (
+            "/v2/models/mnist/infer",
+            b'{"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "UINT8", "data": [0]}]}',
+            400,
+            "inputs[0].name: 'pixels'",
+        ),
+        (
+            "/v2/models/mnist/infer",
+            b'{"inputs": [{"name": "image", "shape": [1, 784], "datatype": "INT8", "data": [0]}]}',
+            400,
+            "inputs[0].datatype",
+        ),
+        ("/v2/models/nope/infer", json_infer(np.zeros((1, 28, 28), np.uint8)), 404, "nope"),
+        ("/v2/models/mnist/versions/99/ready", None, 404, "99"),
+        ("/v1/classify", b"\x89PNG\r\n\x1a\n not a png", 400, "body"),
+    ],
+)
+def test_bad_requests_get_a_json_error_naming_the_field(server, path, body, status, words):
+    got, _, answer = http(server.http_url + path, body)
+    assert got == status and words in answer["error"], answer
+
+
+def test_rest_calls_pass_the_data_plane(server, mnist):
+    labels = {"api": "inference.rest", "method": "ModelInfer", "code": "OK"}
+    before = server.metric("mnist_serving_requests_total", **labels)
+    for _ in range(3):
+        assert http(f"{server.http_url}/v2/models/mnist/infer", json_infer(mnist.x_test[:1]))[0] == 200
+    after = server.metric("mnist_serving_requests_total", **labels)
+    assert after - before == 3
+
+
+def test_the_own_classify_call_returns_what_the_model_saw(server):
+    photo = (HERE.parents[1] / "docs" / "examples").glob("photo-*.jpg")
+    path = sorted(photo)[0]
+    status, _, answer = http(f"{server.http_url}/v1/classify?preprocessed=1", path.read_bytes())
+    assert status == 200, answer
+    assert answer["label"] == int(path.stem.rsplit("-", 1)[1])
+    seen = np.array(answer["preprocessed"])
+    assert seen.shape == (28, 28) and seen.max() > 200 and seen[0].max() == 0  # ink centred, frame black
+    assert abs(sum(answer["probabilities"]) - 1) < 1e-4
+
+
+def test_tokens_as_on_grpc_and_health_stays_open(model_repository, mnist, tmp_path):
+    server = ServerProcess(model_repository, "--auth-token", "s3cret", log_path=tmp_path / "log")
+    try:
+        server.wait_serving()
+        url = f"{server.http_url}/v2/models/mnist/infer"
+        status, _, answer = http(url, json_infer(mnist.x_test[:1]))
+        assert status == 401 and "authorization" in answer["error"]
+        status, _, answer = http(url, json_infer(mnist.x_test[:1]), {"authorization": "Bearer wrong"})
+        assert status == 401 and "invalid bearer token" in answer["error"]
+        status, _, _ = http(url, json_infer(mnist.x_test[:1]), {"authorization": "Bearer s3cret"})
+        assert status == 200
+        assert http(f"{server.http_url}/v2/health/ready")[0] == 200
+        assert http(f"{server.http_url}/v2/health/live")[0] == 200
+    finally:
+        assert server.stop() == 0
