@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mnist_serving.client.inputs import ImageLike, batch_requests, to_image
 from mnist_serving.client.results import BatchResult, ClassifyError, Prediction
-from mnist_serving.common.contract import MODEL_NAME, NUM_CLASSES
+from mnist_serving.common.contract import IMAGE_PIXELS, IMAGE_SHAPE, MODEL_NAME, NUM_CLASSES
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
@@ -91,7 +91,10 @@ def _error(exc: grpc.RpcError) -> ClassifyError:
 def _prediction(response: pb.ClassifyResponse) -> Prediction:
     p = response.prediction
     probabilities = np.asarray(p.probabilities, dtype=np.float32) if len(p.probabilities) else None
-    return Prediction(p.label, p.confidence, probabilities, response.model_name, response.model_version)
+    seen = None
+    if len(response.preprocessed) == IMAGE_PIXELS:
+        seen = np.frombuffer(response.preprocessed, dtype=np.uint8).reshape(IMAGE_SHAPE)
+    return Prediction(p.label, p.confidence, probabilities, response.model_name, response.model_version, seen)
 
 
 def _merge(responses: Sequence[pb.ClassifyBatchResponse], probabilities: bool) -> BatchResult:
@@ -154,10 +157,20 @@ class Client:
                 self.retries_made += 1
 
     def classify(
-        self, image: ImageLike, probabilities: bool = False, model: str = "", version: str = ""
+        self,
+        image: ImageLike,
+        probabilities: bool = False,
+        model: str = "",
+        version: str = "",
+        preprocessed: bool = False,
     ) -> Prediction:
+        """``preprocessed``: also return the 28×28 image the model saw (``Prediction.preprocessed``)."""
         request = pb.ClassifyRequest(
-            image=to_image(image), model_name=model, model_version=version, return_probabilities=probabilities
+            image=to_image(image),
+            model_name=model,
+            model_version=version,
+            return_probabilities=probabilities,
+            return_preprocessed=preprocessed,
         )
         return _prediction(self._call(self.stub.Classify, request))
 
@@ -254,10 +267,20 @@ class AsyncClient:
                 self.retries_made += 1
 
     async def classify(
-        self, image: ImageLike, probabilities: bool = False, model: str = "", version: str = ""
+        self,
+        image: ImageLike,
+        probabilities: bool = False,
+        model: str = "",
+        version: str = "",
+        preprocessed: bool = False,
     ) -> Prediction:
+        """``preprocessed``: also return the 28×28 image the model saw (``Prediction.preprocessed``)."""
         request = pb.ClassifyRequest(
-            image=to_image(image), model_name=model, model_version=version, return_probabilities=probabilities
+            image=to_image(image),
+            model_name=model,
+            model_version=version,
+            return_probabilities=probabilities,
+            return_preprocessed=preprocessed,
         )
         return _prediction(await self._call(self.stub.Classify, request))
 

@@ -16,6 +16,7 @@ class Prediction:
     probabilities: np.ndarray | None
     model_name: str
     model_version: str
+    preprocessed: np.ndarray | None = None  # uint8 [28,28]: what the model saw, when asked
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,7 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
             ),
             model_name=result.model.name,
             model_version=result.model.version_str,
+            preprocessed=result.images[0].tobytes() if request.return_preprocessed else b"",
         )
 
     async def _batch(self, request: pb.ClassifyBatchRequest) -> pb.ClassifyBatchResponse:

@@ -210,3 +210,15 @@ def test_stream_answers_a_ping_pong_caller(server, mnist, onnx_reference):
             return np.concatenate(labels)
 
     assert np.array_equal(asyncio.run(go()), onnx_reference[1][:500])
+
+
+def test_classify_can_return_what_the_model_saw(client, mnist):
+    from mnist_serving.common import preprocess
+
+    photo = sorted((Path(__file__).parents[2] / "docs" / "examples").glob("photo-*.jpg"))[0]
+    answer = client.classify(photo.read_bytes(), preprocessed=True)
+    assert answer.label == int(photo.stem.rsplit("-", 1)[1])
+    np.testing.assert_array_equal(answer.preprocessed, preprocess.decode(photo.read_bytes())[0])
+    raw = client.classify(mnist.x_test[0], preprocessed=True)
+    np.testing.assert_array_equal(raw.preprocessed, mnist.x_test[0])
+    assert client.classify(mnist.x_test[0]).preprocessed is None  # only when asked

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mnist/v1/classifier.proto\x12\x08mnist.v1\"Z\n\x05Image\x12\r\n\x03raw\x18\x01 \x01(\x0cH\x00\x12\x11\n\x07\x65ncoded\x18\x02 \x01(\x0cH\x00\x12\'\n\x06pixels\x18\x03 \x01(\x0b\x32\x15.mnist.v1.FloatPixelsH\x00\x42\x06\n\x04\x64\x61ta\"!\n\x0b\x46loatPixels\x12\x12\n\x06values\x18\x01 \x03(\x02\x42\x02\x10\x01\"\'\n\x08RawBatch\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"z\n\x0f\x43lassifyRequest\x12\x1e\n\x05image\x18\x01 \x01(\x0b\x32\x0f.mnist.v1.Image\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x1c\n\x14return_probabilities\x18\x04 \x01(\x08\"\xa1\x01\n\x14\x43lassifyBatchRequest\x12\x1f\n\x03raw\x18\x01 \x01(\x0b\x32\x12.mnist.v1.RawBatch\x12\x1f\n\x06images\x18\x02 \x03(\x0b\x32\x0f.mnist.v1.Image\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x1c\n\x14return_probabilities\x18\x05 \x01(\x08\"J\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\x05\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12\x19\n\rprobabilities\x18\x03 \x03(\x02\x42\x02\x10\x01\"g\n\x10\x43lassifyResponse\x12(\n\nprediction\x18\x01 \x01(\x0b\x32\x14.mnist.v1.Prediction\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"\xb2\x01\n\x15\x43lassifyBatchResponse\x12\x0e\n\x06labels\x18\x01 \x01(\x0c\x12\x15\n\rprobabilities\x18\x02 \x01(\x0c\x12\x13\n\x0b\x63onfidences\x18\x03 \x01(\x0c\x12\r\n\x05\x63ount\x18\x04 \x01(\r\x12\x12\n\nmodel_name\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12#\n\x06\x65rrors\x18\x07 \x03(\x0b\x32\x13.mnist.v1.ItemError\"9\n\tItemError\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t2\xfe\x01\n\nClassifier\x12\x43\n\x08\x43lassify\x12\x19.mnist.v1.ClassifyRequest\x1a\x1a.mnist.v1.ClassifyResponse\"\x00\x12R\n\rClassifyBatch\x12\x1e.mnist.v1.ClassifyBatchRequest\x1a\x1f.mnist.v1.ClassifyBatchResponse\"\x00\x12W\n\x0e\x43lassifyStream\x12\x1e.mnist.v1.ClassifyBatchRequest\x1a\x1f.mnist.v1.ClassifyBatchResponse\"\x00(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mnist/v1/classifier.proto\x12\x08mnist.v1\"Z\n\x05Image\x12\r\n\x03raw\x18\x01 \x01(\x0cH\x00\x12\x11\n\x07\x65ncoded\x18\x02 \x01(\x0cH\x00\x12\'\n\x06pixels\x18\x03 \x01(\x0b\x32\x15.mnist.v1.FloatPixelsH\x00\x42\x06\n\x04\x64\x61ta\"!\n\x0b\x46loatPixels\x12\x12\n\x06values\x18\x01 \x03(\x02\x42\x02\x10\x01\"\'\n\x08RawBatch\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"\x97\x01\n\x0f\x43lassifyRequest\x12\x1e\n\x05image\x18\x01 \x01(\x0b\x32\x0f.mnist.v1.Image\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x1c\n\x14return_probabilities\x18\x04 \x01(\x08\x12\x1b\n\x13return_preprocessed\x18\x05 \x01(\x08\"\xa1\x01\n\x14\x43lassifyBatchRequest\x12\x1f\n\x03raw\x18\x01 \x01(\x0b\x32\x12.mnist.v1.RawBatch\x12\x1f\n\x06images\x18\x02 \x03(\x0b\x32\x0f.mnist.v1.Image\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x1c\n\x14return_probabilities\x18\x05 \x01(\x08\"J\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\x05\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12\x19\n\rprobabilities\x18\x03 \x03(\x02\x42\x02\x10\x01\"}\n\x10\x43lassifyResponse\x12(\n\nprediction\x18\x01 \x01(\x0b\x32\x14.mnist.v1.Prediction\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x14\n\x0cpreprocessed\x18\x04 \x01(\x0c\"\xb2\x01\n\x15\x43lassifyBatchResponse\x12\x0e\n\x06labels\x18\x01 \x01(\x0c\x12\x15\n\rprobabilities\x18\x02 \x01(\x0c\x12\x13\n\x0b\x63onfidences\x18\x03 \x01(\x0c\x12\r\n\x05\x63ount\x18\x04 \x01(\r\x12\x12\n\nmodel_name\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12#\n\x06\x65rrors\x18\x07 \x03(\x0b\x32\x13.mnist.v1.ItemError\"9\n\tItemError\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t2\xfe\x01\n\nClassifier\x12\x43\n\x08\x43lassify\x12\x19.mnist.v1.ClassifyRequest\x1a\x1a.mnist.v1.ClassifyResponse\"\x00\x12R\n\rClassifyBatch\x12\x1e.mnist.v1.ClassifyBatchRequest\x1a\x1f.mnist.v1.ClassifyBatchResponse\"\x00\x12W\n\x0e\x43lassifyStream\x12\x1e.mnist.v1.ClassifyBatchRequest\x1a\x1f.mnist.v1.ClassifyBatchResponse\"\x00(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,18 +41,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FLOATPIXELS']._serialized_end=164
   _globals['_RAWBATCH']._serialized_start=166
   _globals['_RAWBATCH']._serialized_end=205
-  _globals['_CLASSIFYREQUEST']._serialized_start=207
-  _globals['_CLASSIFYREQUEST']._serialized_end=329
-  _globals['_CLASSIFYBATCHREQUEST']._serialized_start=332
-  _globals['_CLASSIFYBATCHREQUEST']._serialized_end=493
-  _globals['_PREDICTION']._serialized_start=495
-  _globals['_PREDICTION']._serialized_end=569
-  _globals['_CLASSIFYRESPONSE']._serialized_start=571
-  _globals['_CLASSIFYRESPONSE']._serialized_end=674
-  _globals['_CLASSIFYBATCHRESPONSE']._serialized_start=677
-  _globals['_CLASSIFYBATCHRESPONSE']._serialized_end=855
-  _globals['_ITEMERROR']._serialized_start=857
-  _globals['_ITEMERROR']._serialized_end=914
-  _globals['_CLASSIFIER']._serialized_start=917
-  _globals['_CLASSIFIER']._serialized_end=1171
+  _globals['_CLASSIFYREQUEST']._serialized_start=208
+  _globals['_CLASSIFYREQUEST']._serialized_end=359
+  _globals['_CLASSIFYBATCHREQUEST']._serialized_start=362
+  _globals['_CLASSIFYBATCHREQUEST']._serialized_end=523
+  _globals['_PREDICTION']._serialized_start=525
+  _globals['_PREDICTION']._serialized_end=599
+  _globals['_CLASSIFYRESPONSE']._serialized_start=601
+  _globals['_CLASSIFYRESPONSE']._serialized_end=726
+  _globals['_CLASSIFYBATCHRESPONSE']._serialized_start=729
+  _globals['_CLASSIFYBATCHRESPONSE']._serialized_end=907
+  _globals['_ITEMERROR']._serialized_start=909
+  _globals['_ITEMERROR']._serialized_end=966
+  _globals['_CLASSIFIER']._serialized_start=969
+  _globals['_CLASSIFIER']._serialized_end=1223
 # @@protoc_insertion_point(module_scope)

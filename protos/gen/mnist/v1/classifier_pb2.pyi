@@ -31,16 +31,18 @@ class RawBatch(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., count: _Optional[int] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("image", "model_name", "model_version", "return_probabilities")
+    __slots__ = ("image", "model_name", "model_version", "return_probabilities", "return_preprocessed")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     RETURN_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    RETURN_PREPROCESSED_FIELD_NUMBER: _ClassVar[int]
     image: Image
     model_name: str
     model_version: str
     return_probabilities: bool
-    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., return_probabilities: _Optional[bool] = ...) -> None: ...
+    return_preprocessed: bool
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., return_probabilities: _Optional[bool] = ..., return_preprocessed: _Optional[bool] = ...) -> None: ...
 
 class ClassifyBatchRequest(_message.Message):
     __slots__ = ("raw", "images", "model_name", "model_version", "return_probabilities")
@@ -67,14 +69,16 @@ class Prediction(_message.Message):
     def __init__(self, label: _Optional[int] = ..., confidence: _Optional[float] = ..., probabilities: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
-    __slots__ = ("prediction", "model_name", "model_version")
+    __slots__ = ("prediction", "model_name", "model_version", "preprocessed")
     PREDICTION_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREPROCESSED_FIELD_NUMBER: _ClassVar[int]
     prediction: Prediction
     model_name: str
     model_version: str
-    def __init__(self, prediction: _Optional[_Union[Prediction, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+    preprocessed: bytes
+    def __init__(self, prediction: _Optional[_Union[Prediction, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., preprocessed: _Optional[bytes] = ...) -> None: ...
 
 class ClassifyBatchResponse(_message.Message):
     __slots__ = ("labels", "probabilities", "confidences", "count", "model_name", "model_version", "errors")
