@@ -9,8 +9,9 @@ COPY deploy/haproxy/haproxy.cfg /etc/mnist-serving/haproxy.cfg
 USER haproxy
 ENV LB_SERVER_NAME=server \
     LB_GRPC_PORT=50051 \
+    LB_HTTP_PORT=8080 \
     LB_CHECK_PORT=8000 \
     LB_MAX_REPLICAS=32
-EXPOSE 50051 8404
+EXPOSE 50051 8080 8404
 STOPSIGNAL SIGUSR1
 ENTRYPOINT ["haproxy", "-W", "-db", "-f", "/etc/mnist-serving/haproxy.cfg"]

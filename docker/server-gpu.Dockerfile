@@ -34,7 +34,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     MNIST_SERVING_PORT=50051 \
     MNIST_SERVING_METRICS_PORT=8000 \
     PYTHONUNBUFFERED=1
-EXPOSE 50051 8000
+EXPOSE 50051 8080 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=90s --retries=3 \
     CMD ["mnist-classify", "health", "--server", "localhost:50051", "--retries", "0", "--timeout", "3"]
 ENTRYPOINT ["mnist-serve"]

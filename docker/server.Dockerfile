@@ -30,7 +30,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     MNIST_SERVING_PORT=50051 \
     MNIST_SERVING_METRICS_PORT=8000 \
     PYTHONUNBUFFERED=1
-EXPOSE 50051 8000
+EXPOSE 50051 8080 8000
 # The gRPC health protocol, not a TCP poke: SERVING only once the model is loaded and warm.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["mnist-classify", "health", "--server", "localhost:50051", "--retries", "0", "--timeout", "3"]

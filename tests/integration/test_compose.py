@@ -58,11 +58,13 @@ def _free_port() -> int:
 
 
 LB_PORT = _free_port()
+LB_HTTP_PORT = _free_port()
 PROMETHEUS_PORT = _free_port()
 ENV = {
     **os.environ,
     "MNIST_SERVING_IMAGE_TAG": TAG,
     "MNIST_SERVING_LB_PORT": str(LB_PORT),
+    "MNIST_SERVING_LB_HTTP_PORT": str(LB_HTTP_PORT),
     "MNIST_SERVING_PROMETHEUS_PORT": str(PROMETHEUS_PORT),
     # A short run: the whole pipeline, not the full recipe (README: how to train fully).
     "MNIST_SERVING_TRAIN_EPOCHS": "2",
@@ -270,6 +272,23 @@ def test_1_up_trains_exports_and_serves_the_model_accuracy(stack, mnist):
     assert result.model_version == "1"
     assert accuracy == pytest.approx(sidecar["test_accuracy"], abs=1e-9)
     assert accuracy > 0.9
+
+    # REST through the same balancer: v2 JSON infer answers as gRPC did; the page is served.
+    images = mnist.x_test[:200]
+    tensor = {"name": "image", "shape": list(images.shape), "datatype": "UINT8", "data": images.tolist()}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{LB_HTTP_PORT}/v2/models/{MODEL_NAME}/infer",
+        data=json.dumps({"inputs": [tensor]}).encode(),
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer = json.load(response)
+    labels = next(o["data"] for o in answer["outputs"] if o["name"] == "label")
+    assert labels == result.labels[:200].tolist() and answer["model_version"] == "1"
+    with urllib.request.urlopen(f"http://127.0.0.1:{LB_HTTP_PORT}/", timeout=30) as response:
+        assert "default-src 'none'" in response.headers["content-security-policy"]
+        assert b"Draw a digit" in response.read()
+    REPORT["rest_through_lb"] = "ok"
 
 
 def test_2_scaling_reaches_new_replicas_without_restarting_lb(stack, mnist):

@@ -1,5 +1,6 @@
 """Deployment files, validated statically, and the load balancer run for real on loopback."""
 
+import json
 import re
 import shutil
 import signal
@@ -8,6 +9,8 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -179,16 +182,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def render_haproxy(directory: Path, replicas: list, port: int) -> Path:
+def render_haproxy(directory: Path, replicas: list, port: int, http_port: int | None = None) -> Path:
     text = HAPROXY_CFG.read_text()
-    template = re.search(r"^\s*server-template .*$", text, re.MULTILINE)
-    assert template, "haproxy.cfg has no server-template line"
-    # Literal loopback addresses (nothing to resolve), each with its own metrics port.
-    servers = "\n".join(
-        f"    server r{i} {r.address} port {r.metrics_port} init-addr libc" for i, r in enumerate(replicas)
-    )
-    text = text.replace(template.group(0), servers)
+    templates = re.findall(r"^\s*server-template .*$", text, re.MULTILINE)
+    assert len(templates) == 2, "haproxy.cfg needs a server-template for gRPC and one for REST"
+    for template in templates:
+        # Literal loopback addresses (nothing to resolve), each with its own metrics port.
+        rest = "LB_HTTP_PORT" in template
+        servers = "\n".join(
+            f"    server r{i} 127.0.0.1:{r.http_port if rest else r.port} "
+            f"port {r.metrics_port} init-addr libc"
+            for i, r in enumerate(replicas)
+        )
+        text = text.replace(template, servers)
     text = text.replace("bind :50051", f"bind 127.0.0.1:{port}")
+    text = text.replace("bind :8080", f"bind 127.0.0.1:{http_port or _free_port()}")
     text = text.replace("bind :8404", f"bind 127.0.0.1:{_free_port()}")
     conf = directory / "haproxy.cfg"
     conf.write_text(text)
@@ -204,6 +212,7 @@ def _haproxy_env() -> dict:
         "LB_MAX_REPLICAS": "4",
         "LB_SERVER_NAME": "server",
         "LB_GRPC_PORT": "50051",
+        "LB_HTTP_PORT": "8080",
     }
 
 
@@ -243,13 +252,14 @@ def test_haproxy_spreads_one_connection_and_a_draining_replica_loses_no_call(
         for replica in replicas:
             replica.wait_serving()
         assert all(_ready(r) == 200 for r in replicas)
-        port = _free_port()
-        conf = render_haproxy(tmp_path, replicas, port)
+        port, http_port = _free_port(), _free_port()
+        conf = render_haproxy(tmp_path, replicas, port, http_port)
         haproxy = subprocess.Popen(
             [HAPROXY, "-db", "-f", str(conf)], stderr=subprocess.PIPE, text=True, env=_haproxy_env()
         )
         before = [r.metric("mnist_serving_images_classified_total") for r in replicas]
         request = pb.ClassifyRequest(image=pb.Image(raw=mnist.x_test[0].tobytes()))
+        image = mnist.x_test[0].ravel().tolist()
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:  # ONE client connection
             grpc.channel_ready_future(channel).result(timeout=30)
             stub = pb_grpc.ClassifierStub(channel)
@@ -273,6 +283,26 @@ def test_haproxy_spreads_one_connection_and_a_draining_replica_loses_no_call(
                 for r, b in zip(replicas, before, strict=True)
             ]
             assert all(s >= 10 for s in served), served  # both replicas answered calls of one connection
+
+            # REST through the same balancer: every replica answers v2 infer calls.
+            rest = {"api": "inference.rest", "method": "ModelInfer", "code": "OK"}
+            rest_before = [r.metric("mnist_serving_requests_total", **rest) for r in replicas]
+            body = json.dumps(
+                {"inputs": [{"name": "image", "shape": [1, 784], "datatype": "UINT8", "data": image}]}
+            ).encode()
+            url = f"http://127.0.0.1:{http_port}/v2/models/mnist/infer"
+            deadline = time.monotonic() + 30
+            while not all(
+                r.metric("mnist_serving_requests_total", **rest) - b >= 5
+                for r, b in zip(replicas, rest_before, strict=True)
+            ):
+                assert time.monotonic() < deadline, "HAProxy never sent REST calls to both replicas"
+                try:
+                    with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=10) as r:
+                        answer = json.load(r)
+                    assert next(o["data"] for o in answer["outputs"] if o["name"] == "label") == [7]
+                except urllib.error.HTTPError as exc:
+                    assert exc.code == 503  # before HAProxy's first checks of the REST backend
 
             # Calls without retries while replica 0 drains: each is answered, or refused
             # UNAVAILABLE before it started; none is cut off (CANCELLED, INTERNAL, ...).
