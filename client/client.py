@@ -81,7 +81,22 @@ class ClientOptions:
         return api.insecure_channel(self.target, self.channel_options())
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+        auth = (("authorization", f"Bearer {self.token}"),) if self.token else ()
+        return auth + _trace_context()
+
+
+try:  # a caller with OpenTelemetry: its current trace goes along (W3C traceparent)
+    from opentelemetry import propagate as _propagate
+except ImportError:  # pragma: no cover - the plain client does not need it
+    _propagate = None
+
+
+def _trace_context() -> tuple[tuple[str, str], ...]:
+    if _propagate is None:
+        return ()
+    carrier: dict[str, str] = {}
+    _propagate.inject(carrier)
+    return tuple(carrier.items())
 
 
 def _error(exc: grpc.RpcError) -> ClassifyError:

@@ -20,7 +20,7 @@ from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
-from mnist_serving.server import http_listener, security
+from mnist_serving.server import http_listener, security, tracing
 from mnist_serving.server.classifier_servicer import ClassifierServicer
 from mnist_serving.server.config import ServerConfig
 from mnist_serving.server.dataplane import DataPlane
@@ -68,6 +68,7 @@ class MnistServer:
             inline_max_images=config.inline_images,
         )
         self.decoder = DecodePool(config.decode_processes, config.max_request_pixels)
+        tracing.configure()
         self.dataplane = DataPlane(self.store, self.metrics, security.load_tokens(config), self.decoder)
 
     async def publish_readiness(self) -> None:
@@ -255,6 +256,7 @@ class MnistServer:
             await self.http.stop()
         await self.store.close()
         self.decoder.close()
+        tracing.shutdown()
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
         log.info("stopped")

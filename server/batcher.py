@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mnist_serving.server import tracing
 from mnist_serving.server.config import BatchingSettings
 from mnist_serving.server.errors import DeadlineExpired, NotReady, Overloaded
 
@@ -42,7 +43,7 @@ class BatchStats:
 
 
 class _Request:
-    __slots__ = ("images", "future", "deadline", "results", "remaining", "enqueued")
+    __slots__ = ("images", "future", "deadline", "results", "remaining", "enqueued", "trace", "ran")
 
     def __init__(
         self, images: np.ndarray, future: asyncio.Future, deadline: float | None, chunks: int
@@ -53,6 +54,10 @@ class _Request:
         self.results: list = [None] * chunks
         self.remaining = chunks
         self.enqueued = time.monotonic()
+        # With tracing on: the caller's span context, then (enqueued, started, ended ns,
+        # images in the run, the batch span's context) for its queue and inference spans.
+        self.trace = tracing.current_context()
+        self.ran: list | None = [time.time_ns(), 0, 0, 0, None] if self.trace is not None else None
 
     def dead(self, now: float) -> bool:
         return self.future.done() or (self.deadline is not None and now >= self.deadline)
@@ -133,10 +138,13 @@ class DynamicBatcher:
         self._pending_images += len(images)
         self._wakeup.set()
         try:
-            return await future
+            result = await future
         finally:
             self._pending_requests -= 1
             self._pending_images -= len(images)
+        if request.ran is not None:
+            tracing.run_spans(*request.ran)
+        return result
 
     def _take_batch(self) -> list[_Chunk]:
         """Pop chunks (skipping dead requests) until the batch would overflow."""
@@ -219,6 +227,8 @@ class DynamicBatcher:
         now = time.monotonic()
         waits = [now - c.request.enqueued for c in batch if c.index == 0]
         started = time.perf_counter()
+        traced = [c.request for c in batch if c.request.ran is not None]
+        started_ns = time.time_ns() if traced else 0
         if len(images) <= self._inline_max_images:
             # Tens of microseconds of onnxruntime: cheaper than the hand-off to a thread and
             # back (two wake-ups), which would double a single call's CPU cost.
@@ -227,6 +237,13 @@ class DynamicBatcher:
             loop = asyncio.get_running_loop()
             probabilities, labels = await loop.run_in_executor(self._executor, self._run, images)
         elapsed = time.perf_counter() - started
+        if traced:
+            ended_ns = time.time_ns()
+            context = tracing.batch_span(len(images), started_ns, ended_ns, [r.trace for r in traced])
+            for request in traced:
+                ran = request.ran
+                ran[1] = ran[1] or started_ns  # a request cut into chunks: first run to last
+                ran[2], ran[3], ran[4] = ended_ns, max(ran[3], len(images)), context
         self.stats.batches += 1
         self.stats.images += len(images)
         self.stats.batch_sizes[len(images)] += 1

@@ -19,7 +19,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +31,7 @@ from mnist_serving.common.contract import (
     NUM_CLASSES,
     pixels_from_unit_floats,
 )
+from mnist_serving.server import tracing
 from mnist_serving.server.config import ServerConfig
 from mnist_serving.server.decode_pool import DecodePool
 from mnist_serving.server.errors import (
@@ -107,6 +108,7 @@ class Call:
     deadline: float | None  # time.monotonic() instant
     started: float  # time.perf_counter()
     admitted: bool = False
+    span: tracing.CallSpan | None = None  # with tracing on
 
 
 CURRENT_CALL: contextvars.ContextVar[Call | None] = contextvars.ContextVar("mnist_serving_call", default=None)
@@ -204,14 +206,18 @@ class DataPlane:
         method: str,
         caller_request_id: str | None = None,
         time_remaining: float | None = None,
+        carrier: Mapping[str, str] | None = None,
     ) -> Call:
-        """Open a call's record (never raises) and make it the current call for the pipeline."""
+        """Open a call's record (never raises) and make it the current call for the pipeline;
+        with tracing on, its span continues the trace in ``carrier`` (the caller's headers)."""
         rid = "".join(ch for ch in (caller_request_id or "")[:MAX_REQUEST_ID] if ch.isprintable())
         if not rid:
             rid = f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
         now = time.monotonic()
         deadline = None if time_remaining is None else now + time_remaining
         call = Call(api, method, rid, deadline, time.perf_counter())
+        if tracing.enabled():
+            call.span = tracing.start_call(method, api, rid, carrier)
         CURRENT_CALL.set(call)
         return call
 
@@ -257,6 +263,9 @@ class DataPlane:
                 extra={"fields": self._fields(call, status)},
             )
         self._record(call.api, call.method, status, time.perf_counter() - call.started)
+        if call.span is not None:
+            tracing.end_call(call.span, status.name, message)
+            call.span = None
         return Outcome(status, message)
 
     @staticmethod
@@ -301,6 +310,8 @@ class DataPlane:
     async def classify(self, name: str, version: str, images: np.ndarray) -> Classified:
         """uint8 [N,28,28] → results; any failure fails the whole request."""
         model = self.model(name, version)
+        if tracing.enabled():
+            tracing.annotate(model=model.name, version=model.version_str, images=len(images))
         probabilities, labels = await model.batcher.infer(images, self._deadline())
         return Classified(model, probabilities, labels, {}, images)
 
@@ -317,13 +328,16 @@ class DataPlane:
         """
         model = self.model(name, version)
         count = len(items)
+        if tracing.enabled():
+            tracing.annotate(model=model.name, version=model.version_str, images=count)
         errors: dict[int, ServingError] = {}
         decoded: dict[int, np.ndarray] = {}
         encoded = [index for index, item in enumerate(items) if isinstance(item, bytes)]
         if encoded:  # off the event loop, in the decode pool
-            values = await self.decoder.decode(
-                [items[i] for i in encoded], [f"{field(i)}.encoded" for i in encoded], self._deadline()
-            )
+            with tracing.span("decode", images=len(encoded)):
+                values = await self.decoder.decode(
+                    [items[i] for i in encoded], [f"{field(i)}.encoded" for i in encoded], self._deadline()
+                )
             for index, value in zip(encoded, values, strict=True):
                 if isinstance(value, InvalidInput):
                     errors[index] = value

@@ -13,9 +13,11 @@ from typing import NoReturn
 
 import grpc
 
+from mnist_serving.server import tracing
 from mnist_serving.server.dataplane import REQUEST_ID, Call, DataPlane, Status, header
 
 OPEN_SERVICES = ("grpc.health.v1.Health",)
+TRACE_HEADERS = ("traceparent", "tracestate")
 # The project's own services, and the API label their metrics carry.
 APIS = {"mnist.v1.Classifier": "mnist.v1", "inference.GRPCInferenceService": "inference"}
 
@@ -76,8 +78,12 @@ class DataPlaneInterceptor(grpc.aio.ServerInterceptor):
         await context.abort(grpc_code(outcome.status), outcome.message)
 
     def _open(self, api: str, method: str, context: grpc.aio.ServicerContext) -> Call:
+        metadata = context.invocation_metadata()
+        carrier = None
+        if tracing.enabled():  # the caller's trace context (W3C traceparent, tracestate)
+            carrier = {k: v for k, v in metadata or () if k in TRACE_HEADERS and isinstance(v, str)}
         call = self.dataplane.begin(
-            api, method, header(context.invocation_metadata(), REQUEST_ID), context.time_remaining()
+            api, method, header(metadata, REQUEST_ID), context.time_remaining(), carrier
         )
         context.set_trailing_metadata(((REQUEST_ID, call.request_id),))
         return call

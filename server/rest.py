@@ -26,6 +26,7 @@ from starlette.routing import Route
 from mnist_serving.common import __version__
 from mnist_serving.common.contract import IMAGE_SHAPE, NUM_CLASSES, OUTPUT_PROBABILITIES
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
+from mnist_serving.server import tracing
 from mnist_serving.server.dataplane import REQUEST_ID, DataPlane, Status
 from mnist_serving.server.errors import InvalidInput, ServingError
 from mnist_serving.server.v2_servicer import decode_infer_request, model_metadata
@@ -210,7 +211,8 @@ class RestFrontEnd:
         if problem is not None:
             dataplane.refused(api, method, problem)
             return _error(Status.UNAUTHENTICATED, problem)
-        call = dataplane.begin(api, method, request.headers.get(REQUEST_ID))
+        carrier = request.headers if tracing.enabled() else None  # traceparent, tracestate
+        call = dataplane.begin(api, method, request.headers.get(REQUEST_ID), None, carrier)
         try:
             dataplane.admit(call)
             response = await work()

@@ -10,6 +10,7 @@ import sys
 import time
 import tomllib
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def test_compose_file_validates_against_the_compose_specification():
 
 def test_compose_wiring():
     services = COMPOSE["services"]
-    assert set(services) == {"train", "export", "server", "lb", "server-gpu", "prometheus"}
+    assert set(services) == {"train", "export", "server", "lb", "server-gpu", "prometheus", "jaeger"}
     assert services["export"]["depends_on"] == {"train": {"condition": "service_completed_successfully"}}
     assert services["server"]["depends_on"] == {"export": {"condition": "service_completed_successfully"}}
     assert services["lb"]["depends_on"] == {"server": {"condition": "service_healthy"}}
@@ -66,7 +67,7 @@ def test_compose_wiring():
         assert service["healthcheck"]["test"][:3] == ["CMD", "mnist-classify", "health"]
         # Crashes restart; a configuration error (exit 2 before binding) is not retried forever.
         assert service["restart"] == "on-failure:3"
-        assert all(key.startswith("MNIST_SERVING_") for key in service["environment"])
+        assert all(key.startswith(("MNIST_SERVING_", "OTEL_")) for key in service["environment"])
     assert (
         "models:/models" in services["train"]["volumes"] and "models:/models" in services["export"]["volumes"]
     )
@@ -91,6 +92,30 @@ def test_compose_wiring():
     for dockerfile in ("trainer.Dockerfile", "server.Dockerfile"):
         text = (ROOT / "docker" / dockerfile).read_text()
         assert "chown 10001:10001 /models" in text and "USER 10001" in text
+
+
+def test_tracing_profile_wiring():
+    """The `tracing` profile cannot run offline (no tracing backend builds from Debian
+    packages); its wiring is checked here, the export itself in test_tracing.py."""
+    from mnist_serving.server import tracing
+
+    services = COMPOSE["services"]
+    jaeger = services["jaeger"]
+    assert jaeger["profiles"] == ["tracing"] and jaeger["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+    assert re.fullmatch(r"\$\{MNIST_SERVING_JAEGER_IMAGE:-jaegertracing/all-in-one:[\d.]+\}", jaeger["image"])
+    for name in ("server", "server-gpu"):
+        environment = services[name]["environment"]
+        endpoint = urllib.parse.urlsplit(environment["OTEL_EXPORTER_OTLP_ENDPOINT"])
+        assert endpoint.hostname == "jaeger" and str(endpoint.port) in jaeger["expose"]
+        assert environment["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+
+        def resolved(value: str, env: dict) -> str:
+            return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: env.get(m.group(1), m.group(2)), value)
+
+        off = {k: resolved(v, {}) for k, v in environment.items()}
+        on = {k: resolved(v, {"MNIST_SERVING_TRACES": "otlp"}) for k, v in environment.items()}
+        assert not tracing.configured(off) and tracing.configured(on)
+        assert float(off["OTEL_TRACES_SAMPLER_ARG"]) == 0.01
 
 
 def _entrypoint(dockerfile: Path) -> list[str]:
