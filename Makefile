@@ -74,6 +74,7 @@ protos: $(VENV)/.installed-dev
 bench: model $(VENV)/.installed-dev
 	bench/peers/setup.sh
 	$(BIN)/python bench/run.py --docs docs/benchmarks.md
+	$(BIN)/python bench/rest_bench.py --docs docs/benchmarks.md
 	$(BIN)/python bench/batch_job.py --docs docs/batch.md
 
 # The field set (photos, prints, pens, scans; bench/field/): regenerate it from its seed, check

@@ -60,6 +60,7 @@ class Server:
     cwd: Path | None = None
     own_api: bool = False
     floor: bool = False  # the bare Python gRPC floor: ModelInfer only, measured with h2load
+    http_port: int | None = None  # its REST port, where it has one
     process: subprocess.Popen | None = None
 
     def start(self, log: Path) -> None:
@@ -105,7 +106,7 @@ def servers(model: Path, peers: list[str], quick: bool = False) -> list[Server]:
         ("mnist-serving (batching off)", ["--batching", "false"]),
         ("mnist-serving (2 workers)", ["--workers", "2"]),
     ):
-        port = free_port()
+        port, http_port = free_port(), free_port()
         found.append(
             Server(
                 name,
@@ -119,8 +120,8 @@ def servers(model: Path, peers: list[str], quick: bool = False) -> list[Server]:
                     "127.0.0.1",
                     "--metrics-port",
                     "-1",
-                    "--http-port",
-                    "-1",
+                    "--http-port",  # REST on, as by default: the targets hold with it
+                    str(http_port),
                     "--poll-interval",
                     "0",
                     "--log-level",
@@ -129,6 +130,7 @@ def servers(model: Path, peers: list[str], quick: bool = False) -> list[Server]:
                 ],
                 port,
                 own_api=True,
+                http_port=http_port,
             )
         )
         if quick:
@@ -155,14 +157,14 @@ def servers(model: Path, peers: list[str], quick: bool = False) -> list[Server]:
             break
     venvs = HERE / ".venvs"
     if "mlserver" in peers and (venvs / "mlserver" / "bin" / "mlserver").exists():
-        port = free_port()
+        port, http_port = free_port(), free_port()
         workdir = Path(tempfile.mkdtemp(prefix="mlserver-"))
         (workdir / "settings.json").write_text(
             json.dumps(
                 {
                     "parallel_workers": 0,
                     "grpc_port": port,
-                    "http_port": free_port(),
+                    "http_port": http_port,
                     "metrics_port": free_port(),
                     "debug": False,
                 }
@@ -185,6 +187,7 @@ def servers(model: Path, peers: list[str], quick: bool = False) -> list[Server]:
                 port,
                 env={"PYTHONPATH": str(workdir)},
                 cwd=workdir,
+                http_port=http_port,
             )
         )
     if "pytriton" in peers and (venvs / "pytriton" / "bin" / "python").exists():
