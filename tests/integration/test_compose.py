@@ -9,6 +9,7 @@ quotes one run.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_serving.client import ClassifyError, Client
+from mnist_serving.client import AsyncClient, ClassifyError, Client
 from mnist_serving.common.contract import MODEL_NAME
 
 pytestmark = pytest.mark.compose
@@ -145,7 +146,11 @@ def served_version(container: str) -> str:
 
 
 class Callers:
-    """Callers sending single images through `lb` until stopped; counts what happened."""
+    """Callers sending single images through `lb` until stopped; counts what happened.
+
+    ``count`` concurrent callers, each with its own channel, as asyncio tasks on one event
+    loop in one background thread (grpc.aio): what a service calling through `lb` does.
+    """
 
     def __init__(self, images: np.ndarray, count: int = 8, retries: int = 8) -> None:
         self.images = images
@@ -156,26 +161,30 @@ class Callers:
         self.ok = 0
         self.failed: Counter[str] = Counter()
         self.retried = 0
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(count)]
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._run_all()), daemon=True)
 
-    def _run(self, index: int) -> None:
-        with Client(f"127.0.0.1:{LB_PORT}", retries=self.retries, backoff=0.05, timeout=20) as client:
+    async def _run_all(self) -> None:
+        await asyncio.gather(*(self._run(i) for i in range(self.count)))
+
+    async def _run(self, index: int) -> None:
+        client = AsyncClient(f"127.0.0.1:{LB_PORT}", retries=self.retries, backoff=0.05, timeout=20)
+        async with client:
             i = index
             while not self.stop_event.is_set():
                 try:
-                    client.classify(self.images[i % len(self.images)])
+                    await client.classify(self.images[i % len(self.images)])
                     with self.lock:
                         self.ok += 1
                 except ClassifyError as exc:
                     with self.lock:
                         self.failed[exc.code] += 1
+                    await asyncio.sleep(0)  # refused at once: let the other callers run
                 i += self.count
             with self.lock:
                 self.retried += client.retries_made
 
     def __enter__(self) -> Callers:
-        for thread in self.threads:
-            thread.start()
+        self.thread.start()
         return self
 
     def wait_calls(self, n: int, timeout: float = 60) -> None:
@@ -192,8 +201,7 @@ class Callers:
 
     def __exit__(self, *exc: object) -> None:
         self.stop_event.set()
-        for thread in self.threads:
-            thread.join(timeout=120)
+        self.thread.join(timeout=120)
 
     def summary(self) -> dict:
         with self.lock:
