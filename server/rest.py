@@ -60,21 +60,20 @@ def _rest_message(exc: BaseException) -> str:
     return message
 
 
-class JsonTensorError(InvalidInput):
-    """A JSON tensor that cannot even be read as numbers."""
-
-
 def _tensor_values(data: Any, field: str, datatype: str) -> np.ndarray:
+    """A JSON ``data`` list as numbers; UINT8 takes integers only (1.5 is refused, not cut)."""
     try:
-        values = np.asarray(data, dtype=np.float64 if datatype == "FP32" else np.int64).ravel()
+        values = np.asarray(data).ravel()
     except (TypeError, ValueError, OverflowError):
-        raise JsonTensorError(f"{field}: expected a (nested) list of numbers") from None
+        values = np.asarray([None])
+    kinds = "iu" if datatype == "UINT8" else "iuf"
+    if values.size and values.dtype.kind not in kinds:
+        expected = "integers" if datatype == "UINT8" else "numbers"
+        raise InvalidInput(f"{field}: expected a (nested) list of {expected}")
     return values
 
 
-def infer_request(
-    body: bytes, header_length: str | None, max_images: int
-) -> tuple[v2.ModelInferRequest, dict]:
+def infer_request(body: bytes, header_length: str | None) -> tuple[v2.ModelInferRequest, dict]:
     """An HTTP infer body (JSON, or JSON then binary tensors) → the v2 protobuf request, and
     the JSON header (for the outputs' binary_data choices)."""
     length = len(body)
@@ -100,7 +99,7 @@ def infer_request(
         if not isinstance(tensor, dict):
             raise InvalidInput(f"inputs[{i}]: expected a JSON object")
         shape = tensor.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
+        if not isinstance(shape, list) or not all(isinstance(d, int) and abs(d) < 2**62 for d in shape):
             raise InvalidInput(f"inputs[{i}].shape: expected a list of integers")
         message = request.inputs.add(
             name=str(tensor.get("name", "")), datatype=str(tensor.get("datatype", ""))
@@ -303,7 +302,7 @@ class RestFrontEnd:
 
         async def work() -> Response:
             body = await self._body(request)
-            message, header = infer_request(body, request.headers.get(HEADER_LENGTH), self.max_request_images)
+            message, header = infer_request(body, request.headers.get(HEADER_LENGTH))
             images, _, requested = decode_infer_request(message, self.max_request_images)
             result = await self.dataplane.classify(name, version, images)
             return infer_response(

@@ -123,9 +123,10 @@ def end_call(call: CallSpan | None, status: str, message: str = "") -> None:
     from opentelemetry import context
     from opentelemetry.trace import Status, StatusCode
 
-    call.span.set_attribute("rpc.status", status)
-    if status != "OK":
-        call.span.set_status(Status(StatusCode.ERROR, f"{status}: {message}"[:200]))
+    if call.span.is_recording():
+        call.span.set_attribute("rpc.status", status)
+        if status != "OK":
+            call.span.set_status(Status(StatusCode.ERROR, f"{status}: {message}"[:200]))
     call.span.end()
     try:
         context.detach(call.token)
@@ -140,8 +141,9 @@ def annotate(**attributes: Any) -> None:
     from opentelemetry import trace
 
     span = trace.get_current_span()
-    for key, value in attributes.items():
-        span.set_attribute(f"mnist_serving.{key}", value)
+    if span.is_recording():
+        for key, value in attributes.items():
+            span.set_attribute(f"mnist_serving.{key}", value)
 
 
 @contextlib.contextmanager
@@ -155,13 +157,14 @@ def span(name: str, **attributes: Any) -> Iterator[None]:
 
 
 def current_context() -> Any:
-    """The current span's context, for the batcher to link its batch to (None when off)."""
+    """The current span's context, for the batcher to link its batch to: None when off or
+    when the call is not sampled (then the batcher records nothing for it)."""
     if _tracer is None:
         return None
     from opentelemetry import trace
 
     context = trace.get_current_span().get_span_context()
-    return context if context.is_valid else None
+    return context if context.is_valid and context.trace_flags.sampled else None
 
 
 def batch_span(images: int, start_ns: int, end_ns: int, callers: list[Any]) -> Any:

@@ -111,7 +111,19 @@ def test_fp32_json_and_versions_path(server, mnist, onnx_reference):
             "/v2/models/mnist/infer",
             b'{"inputs": [{"name": "image", "shape": [1, 784], "datatype": "UINT8", "data": ["a"]}]}',
             400,
-            "inputs[0].data: expected a (nested) list of numbers",
+            "inputs[0].data: expected a (nested) list of integers",
+        ),
+        (
+            "/v2/models/mnist/infer",
+            b'{"inputs": [{"name": "image", "shape": [1, 2], "datatype": "UINT8", "data": [1.5, 2]}]}',
+            400,
+            "inputs[0].data: expected a (nested) list of integers",  # never silently cut to 1
+        ),
+        (
+            "/v2/models/mnist/infer",
+            b'{"inputs": [{"name": "image", "shape": [1, 99999999999999999999], "datatype": "UINT8"}]}',
+            400,
+            "inputs[0].shape: expected a list of integers",
         ),
         (
             "/v2/models/mnist/infer",
