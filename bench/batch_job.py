@@ -69,11 +69,11 @@ def ceiling(model: str, images: np.ndarray) -> float:
     return len(images) / (time.perf_counter() - started)
 
 
-def steady(args: list[str], server: str, count: int, repeat: int = 3) -> float:
+def steady(inputs: list[str], flags: list[str], server: str, count: int, repeat: int = 3) -> float:
     """Images per second once a job is running: the inputs once and ``repeat`` times (the same
     files listed again), so a job's fixed start-up (a local Ray: seconds) cancels out."""
-    _, once = job_seconds(args, server)
-    _, many = job_seconds(args * repeat, server)
+    _, once = job_seconds([*inputs, *flags], server)
+    _, many = job_seconds([*(inputs * repeat), *flags], server)
     return count * (repeat - 1) / max(many - once, 1e-9)
 
 
@@ -100,13 +100,13 @@ def engines(root: Path, server: str, model_dir: Path, counts: dict[str, int]) ->
     for name, inputs in (("small PNGs", [str(root / "pngs")]), ("JPEG scans", [str(root / "scans")])):
         for engine in ("local", "ray"):
             for where, extra in (("server", []), ("offline", ["--model-repository", str(model_dir)])):
-                rate = steady([*inputs, "--engine", engine, *extra], server, counts[name])
+                rate = steady(inputs, ["--engine", engine, *extra], server, counts[name])
                 out["engines"][f"{name} | {engine} | {where}"] = rate
                 print(f"{name}, {engine} engine, {where}: {rate:,.0f} images/s (steady)", flush=True)
     for engine in ("local", "ray"):
         for workers in (1, 2, 4):
-            args = [str(root / "scans"), "--engine", engine, "--decode-workers", str(workers)]
-            rate = steady(args, server, counts["JPEG scans"])
+            flags = ["--engine", engine, "--decode-workers", str(workers)]
+            rate = steady([str(root / "scans")], flags, server, counts["JPEG scans"])
             out["decode_workers"][f"{engine} | {workers}"] = rate
             print(f"JPEG scans, {engine} engine, {workers} decode workers: {rate:,.0f} images/s", flush=True)
     return out
