@@ -69,12 +69,15 @@ def ceiling(model: str, images: np.ndarray) -> float:
     return len(images) / (time.perf_counter() - started)
 
 
-def steady(inputs: list[str], flags: list[str], server: str, count: int, repeat: int = 3) -> float:
+def steady(inputs: list[str], flags: list[str], server: str, count: int, repeat: int = 4) -> float | None:
     """Images per second once a job is running: the inputs once and ``repeat`` times (the same
-    files listed again), so a job's fixed start-up (a local Ray: seconds) cancels out."""
+    files listed again), so a job's fixed start-up (a local Ray: seconds) cancels out. None
+    when the start-up's own spread swamps the difference (the longer job was not longer)."""
     _, once = job_seconds([*inputs, *flags], server)
     _, many = job_seconds([*(inputs * repeat), *flags], server)
-    return count * (repeat - 1) / max(many - once, 1e-9)
+    if many - once < 0.1 * once:
+        return None
+    return count * (repeat - 1) / (many - once)
 
 
 def job_seconds(args: list[str], server: str) -> tuple[float, float]:
@@ -102,14 +105,18 @@ def engines(root: Path, server: str, model_dir: Path, counts: dict[str, int]) ->
             for where, extra in (("server", []), ("offline", ["--model-repository", str(model_dir)])):
                 rate = steady(inputs, ["--engine", engine, *extra], server, counts[name])
                 out["engines"][f"{name} | {engine} | {where}"] = rate
-                print(f"{name}, {engine} engine, {where}: {rate:,.0f} images/s (steady)", flush=True)
+                print(f"{name}, {engine} engine, {where}: {_rate(rate)} images/s (steady)", flush=True)
     for engine in ("local", "ray"):
         for workers in (1, 2, 4):
             flags = ["--engine", engine, "--decode-workers", str(workers)]
             rate = steady([str(root / "scans")], flags, server, counts["JPEG scans"])
             out["decode_workers"][f"{engine} | {workers}"] = rate
-            print(f"JPEG scans, {engine} engine, {workers} decode workers: {rate:,.0f} images/s", flush=True)
+            print(f"JPEG scans, {engine} engine, {workers} decode workers: {_rate(rate)}/s", flush=True)
     return out
+
+
+def _rate(rate: float | None) -> str:
+    return "—" if rate is None else f"{rate:,.0f}"
 
 
 def plot(figures: dict, path: Path) -> None:
@@ -120,13 +127,15 @@ def plot(figures: dict, path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     labels = list(figures["engines"])
-    left.barh(range(len(labels)), [figures["engines"][k] for k in labels], color="#4c72b0")
+    left.barh(range(len(labels)), [figures["engines"][k] or 0 for k in labels], color="#4c72b0")
     left.set_yticks(range(len(labels)), [k.replace(" | ", ", ") for k in labels], fontsize=8)
     left.set_xlabel("images/s (steady state)")
     left.set_title("local engine vs Ray Data (local Ray)")
     for engine, colour in (("local", "#4c72b0"), ("ray", "#dd8452")):
         points = sorted(
-            (int(k.split(" | ")[1]), v) for k, v in figures["decode_workers"].items() if k.startswith(engine)
+            (int(k.split(" | ")[1]), v)
+            for k, v in figures["decode_workers"].items()
+            if k.startswith(engine) and v is not None
         )
         right.plot([w for w, _ in points], [v for _, v in points], "o-", color=colour, label=engine)
     right.set_xlabel("decode workers (processes, or Ray tasks)")
@@ -151,11 +160,11 @@ def write_docs(docs: Path, figures: dict) -> None:
     engines_table = ["| input | engine | classified by | images/s (steady) |", "|---|---|---|---|"]
     for key, rate in figures["engines"].items():
         name, engine, where = key.split(" | ")
-        engines_table.append(f"| {name} | {engine} | {where} | {rate:,.0f} |")
+        engines_table.append(f"| {name} | {engine} | {where} | {_rate(rate)} |")
     workers_table = ["| engine | decode workers | scans/s (steady) |", "|---|---|---|"]
     for key, rate in figures["decode_workers"].items():
         engine, workers = key.split(" | ")
-        workers_table.append(f"| {engine} | {workers} | {rate:,.0f} |")
+        workers_table.append(f"| {engine} | {workers} | {_rate(rate)} |")
     body = "\n".join(
         [
             f"One sitting, {figures['date']}, {os.cpu_count()} cores; the server (default flags) and "
@@ -164,8 +173,9 @@ def write_docs(docs: Path, figures: dict) -> None:
             "",
             *table,
             "",
-            "Engines, steady state (the inputs listed once and three times; the difference is the "
-            "rate once a job runs, so Ray's start-up cancels out):",
+            "Engines, steady state (the inputs listed once and four times; the difference is the "
+            "rate once a job runs, so Ray's start-up cancels out; — where the start-up's spread "
+            "swamped it):",
             "",
             *engines_table,
             "",

@@ -107,13 +107,22 @@ class RayEngine:
         import ray
 
         self._ray = ray
-        ray.init(
-            address=self.address,
-            ignore_reinit_error=True,
-            include_dashboard=False if self.address is None else None,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-        )
+        options = {
+            "address": self.address,
+            "ignore_reinit_error": True,
+            "include_dashboard": False if self.address is None else None,
+            "logging_level": logging.WARNING,
+            "log_to_driver": False,
+        }
+        try:
+            ray.init(**options)
+        except Exception:  # noqa: BLE001 - Ray raises a bare Exception when its node is slow to start
+            if self.address is not None:
+                raise
+            # A local Ray whose raylet missed Ray's fixed 30 s start-up window (a loaded
+            # machine): once more, from scratch.
+            ray.shutdown()
+            ray.init(**options)
         # Chunks travel as pickled Python objects (Ray says so at WARNING on every window).
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         context = ray.data.DataContext.get_current()

@@ -43,6 +43,18 @@ def _ready() -> int:
     return os.getpid()
 
 
+DECODE_NICENESS = 10
+
+
+def _yield_to_the_event_loop() -> None:
+    """Pool workers run at a lower CPU priority: busy with a big batch they still use every
+    idle core, but the server's event loop (health checks, small calls) runs first."""
+    try:
+        os.nice(DECODE_NICENESS)
+    except OSError:  # not permitted here: decoding still works, at the same priority
+        pass
+
+
 class DecodePool:
     """``workers`` processes (or threads, ``kind="thread"``); 0 workers decodes inline."""
 
@@ -61,7 +73,9 @@ class DecodePool:
             return
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["mnist_serving.server.decode_pool"])
-        self._executor = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=context)
+        self._executor = concurrent.futures.ProcessPoolExecutor(
+            self.workers, mp_context=context, initializer=_yield_to_the_event_loop
+        )
         for future in [self._executor.submit(_ready) for _ in range(self.workers * 2)]:
             future.result(timeout=120)
 
