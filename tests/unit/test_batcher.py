@@ -83,6 +83,25 @@ def test_big_request_is_split_into_runs_and_reassembled():
     assert labels.tolist() == list(range(10))
 
 
+def test_a_small_request_waits_behind_one_run_of_a_big_one_not_all():
+    async def go():
+        model = GatedModel()
+        batcher = DynamicBatcher(model, BatchingSettings(max_batch_size=4))
+        big = asyncio.ensure_future(batcher.infer(images([1] * 20)))  # five runs of 4
+        await wait_started(model)  # its first run is in progress; four more queued
+        small = asyncio.ensure_future(batcher.infer(images([7])))
+        await asyncio.sleep(0)
+        model.release(6)
+        results = await asyncio.gather(big, small)
+        await batcher.close()
+        return model, results
+
+    model, (big, small) = run(go())
+    # The small request shares the second run (with room left, nothing of the big one joins).
+    assert [b[:, 0, 0].tolist() for b in model.batches[:2]] == [[1, 1, 1, 1], [7]]
+    assert big[1].tolist() == [1] * 20 and small[1].tolist() == [7]
+
+
 def test_batching_off_runs_each_request_alone():
     async def go():
         model = GatedModel()
