@@ -177,3 +177,42 @@ def test_bearer_tokens(model_repository, mnist, tmp_path):
         assert "bearer tokens without TLS" in (tmp_path / "server.log").read_text()
     finally:
         assert server.stop() == 0
+
+
+def _https(url: str, pki, client_cert: bool) -> int:
+    import ssl
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=str(pki["ca"]))
+    if client_cert:
+        context.load_cert_chain(str(pki["client"]), str(pki["client_key"]))
+    with urllib.request.urlopen(url, timeout=30, context=context) as response:
+        return response.status
+
+
+def test_rest_serves_the_same_tls_and_mutual_tls(model_repository, pki, tmp_path):
+    import http.client
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    server = _start(
+        model_repository,
+        "--tls-cert",
+        str(pki["server"]),
+        "--tls-key",
+        str(pki["server_key"]),
+        "--tls-client-ca",
+        str(pki["ca"]),
+        tmp=tmp_path,
+    )
+    try:
+        _wait_serving_tls(server, pki)
+        url = f"https://localhost:{server.http_port}/v2/models/mnist"
+        assert _https(url, pki, client_cert=True) == 200
+        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+            _https(url, pki, client_cert=False)  # no client certificate: refused in the handshake
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+            urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/v2", timeout=10)  # plaintext
+    finally:
+        assert server.stop() == 0
