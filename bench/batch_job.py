@@ -40,9 +40,9 @@ from mnist_serving.common.mnist_data import load_mnist  # noqa: E402
 EXE = str(Path(sys.executable).parent / "mnist-classify")
 
 
-def job(args: list[str], server: str, count: int) -> tuple[float, float]:
-    """Images per second of one CLI job: as its summary reports it (from its first input to
-    its last row), and from process start to exit (imports and pool start-up included)."""
+def _run(args: list[str], server: str) -> tuple[str, float]:
+    """One CLI job as a user runs it (CSV to a file): its stderr, and seconds from process
+    start to exit (imports and pool start-up included)."""
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
         done = subprocess.run(
@@ -52,9 +52,16 @@ def job(args: list[str], server: str, count: int) -> tuple[float, float]:
             check=False,
         )
         seconds = time.perf_counter() - started
-        if done.returncode not in (0, 3):
-            raise SystemExit(done.stderr)
-    reported = float(re.search(r"\(([\d,]+) images/s\)", done.stderr).group(1).replace(",", ""))
+    if done.returncode not in (0, 3):
+        raise SystemExit(done.stderr[-3000:])
+    return done.stderr, seconds
+
+
+def job(args: list[str], server: str, count: int) -> tuple[float, float]:
+    """Images per second of one CLI job: as its summary reports it (from its first input to
+    its last row), and from process start to exit."""
+    stderr, seconds = _run(args, server)
+    reported = float(re.search(r"\(([\d,]+) images/s\)", stderr).group(1).replace(",", ""))
     return reported, count / seconds
 
 
@@ -82,18 +89,8 @@ def steady(inputs: list[str], flags: list[str], server: str, count: int, repeat:
 
 def job_seconds(args: list[str], server: str) -> tuple[float, float]:
     """(rows, seconds from process start to exit) of one CLI job."""
-    with tempfile.TemporaryDirectory() as out:
-        started = time.perf_counter()
-        done = subprocess.run(
-            [EXE, "--no-progress", *args, "--server", server, "-o", f"{out}/rows.csv"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        seconds = time.perf_counter() - started
-    if done.returncode not in (0, 3):
-        raise SystemExit(done.stderr[-3000:])
-    return float(re.search(r"^(\d+) rows written", done.stderr, re.M).group(1)), seconds
+    stderr, seconds = _run(args, server)
+    return float(re.search(r"^(\d+) rows written", stderr, re.M).group(1)), seconds
 
 
 def engines(root: Path, server: str, model_dir: Path, counts: dict[str, int]) -> dict:

@@ -103,6 +103,19 @@ def _error(exc: grpc.RpcError) -> ClassifyError:
     return ClassifyError(exc.code().name, exc.details() or "")
 
 
+def _classify_request(
+    image: ImageLike, probabilities: bool, model: str, version: str, preprocessed: bool
+) -> pb.ClassifyRequest:
+    """One request for the sync and the asyncio client alike."""
+    return pb.ClassifyRequest(
+        image=to_image(image),
+        model_name=model,
+        model_version=version,
+        return_probabilities=probabilities,
+        return_preprocessed=preprocessed,
+    )
+
+
 def _prediction(response: pb.ClassifyResponse) -> Prediction:
     p = response.prediction
     probabilities = np.asarray(p.probabilities, dtype=np.float32) if len(p.probabilities) else None
@@ -180,13 +193,7 @@ class Client:
         preprocessed: bool = False,
     ) -> Prediction:
         """``preprocessed``: also return the 28×28 image the model saw (``Prediction.preprocessed``)."""
-        request = pb.ClassifyRequest(
-            image=to_image(image),
-            model_name=model,
-            model_version=version,
-            return_probabilities=probabilities,
-            return_preprocessed=preprocessed,
-        )
+        request = _classify_request(image, probabilities, model, version, preprocessed)
         return _prediction(self._call(self.stub.Classify, request))
 
     def classify_batch(
@@ -290,13 +297,7 @@ class AsyncClient:
         preprocessed: bool = False,
     ) -> Prediction:
         """``preprocessed``: also return the 28×28 image the model saw (``Prediction.preprocessed``)."""
-        request = pb.ClassifyRequest(
-            image=to_image(image),
-            model_name=model,
-            model_version=version,
-            return_probabilities=probabilities,
-            return_preprocessed=preprocessed,
-        )
+        request = _classify_request(image, probabilities, model, version, preprocessed)
         return _prediction(await self._call(self.stub.Classify, request))
 
     async def classify_batch(
