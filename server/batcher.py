@@ -5,6 +5,10 @@ task gathers chunks until the batch is full or ``max_delay`` has passed since th
 runs the model in a one-thread executor (so the event loop keeps accepting work while it
 runs), then slices results back to each request's future. Cancelled or expired requests
 are dropped before inference; a full queue refuses new requests at once.
+
+Up to ``PIPELINE_DEPTH`` batches are handed to the model thread at a time: while one runs,
+the next is already waiting there, so the thread never idles through the hand-back to the
+event loop (a third of its time with batches of 256 when only one was handed over).
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from mnist_serving.server.config import BatchingSettings
 from mnist_serving.server.errors import DeadlineExpired, NotReady, Overloaded
 
 log = logging.getLogger(__name__)
+
+PIPELINE_DEPTH = 2
+"""Batches handed to the model thread at once: the one running and the one to run next."""
 
 RunFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 BatchObserver = Callable[[int, float, list[float]], None]
@@ -96,6 +103,8 @@ class DynamicBatcher:
         self._wakeup = asyncio.Event()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="onnxruntime")
         self._task: asyncio.Task | None = None
+        self._in_flight: set[asyncio.Task] = set()
+        self._slots: asyncio.Semaphore | None = None  # made on the loop, by the worker
         self._closed = False
         self.stats = BatchStats()
 
@@ -215,9 +224,23 @@ class DynamicBatcher:
                     and time.monotonic() < first + self.max_delay_s
                 ):
                     return
-        batch = self._take_batch()
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(PIPELINE_DEPTH)
+        # Taken as late as possible (once a slot is free), so the batch holds all it can.
+        await self._slots.acquire()
+        try:
+            batch = self._take_batch()
+        except BaseException:
+            self._slots.release()
+            raise
         if not batch:
+            self._slots.release()
             return
+        task = asyncio.get_running_loop().create_task(self._run_and_release(batch))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _run_and_release(self, batch: list[_Chunk]) -> None:
         try:
             await self._run_batch(batch)
         except Exception as exc:  # a model failure (or any other) fails every request in the batch
@@ -225,24 +248,29 @@ class DynamicBatcher:
             for chunk in batch:
                 if not chunk.request.future.done():
                     chunk.request.future.set_exception(exc)
+        finally:
+            self._slots.release()
+
+    def _timed_run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float, int, int]:
+        """The run with its own clock: a batch may wait in the thread's queue before it starts."""
+        started, started_ns = time.monotonic(), time.time_ns()
+        probabilities, labels = self._run(images)
+        return probabilities, labels, started, time.monotonic() - started, started_ns, time.time_ns()
 
     async def _run_batch(self, batch: list[_Chunk]) -> None:
         images = batch[0].images if len(batch) == 1 else np.concatenate([c.images for c in batch])
-        now = time.monotonic()
-        waits = [now - c.request.enqueued for c in batch if c.index == 0]
-        started = time.perf_counter()
-        traced = [c.request for c in batch if c.request.ran is not None]
-        started_ns = time.time_ns() if traced else 0
         if len(images) <= self._inline_max_images:
             # Tens of microseconds of onnxruntime: cheaper than the hand-off to a thread and
             # back (two wake-ups), which would double a single call's CPU cost.
-            probabilities, labels = self._run(images)
+            probabilities, labels, started, elapsed, started_ns, ended_ns = self._timed_run(images)
         else:
             loop = asyncio.get_running_loop()
-            probabilities, labels = await loop.run_in_executor(self._executor, self._run, images)
-        elapsed = time.perf_counter() - started
+            probabilities, labels, started, elapsed, started_ns, ended_ns = await loop.run_in_executor(
+                self._executor, self._timed_run, images
+            )
+        waits = [started - c.request.enqueued for c in batch if c.index == 0]
+        traced = [c.request for c in batch if c.request.ran is not None]
         if traced:
-            ended_ns = time.time_ns()
             context = tracing.batch_span(len(images), started_ns, ended_ns, [r.trace for r in traced])
             for request in traced:
                 ran = request.ran
@@ -282,4 +310,6 @@ class DynamicBatcher:
         self._wakeup.set()
         if self._task is not None:
             await self._task
+        while self._in_flight:
+            await asyncio.wait(list(self._in_flight))
         self._executor.shutdown(wait=True)

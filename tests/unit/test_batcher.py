@@ -83,23 +83,47 @@ def test_big_request_is_split_into_runs_and_reassembled():
     assert labels.tolist() == list(range(10))
 
 
-def test_a_small_request_waits_behind_one_run_of_a_big_one_not_all():
+def test_a_small_request_waits_behind_the_runs_handed_over_not_all_of_a_big_one():
     async def go():
         model = GatedModel()
         batcher = DynamicBatcher(model, BatchingSettings(max_batch_size=4))
-        big = asyncio.ensure_future(batcher.infer(images([1] * 20)))  # five runs of 4
-        await wait_started(model)  # its first run is in progress; four more queued
+        big = asyncio.ensure_future(batcher.infer(images([1] * 24)))  # six runs of 4
+        await wait_started(model)  # its first run is in progress, the second handed over
         small = asyncio.ensure_future(batcher.infer(images([7])))
         await asyncio.sleep(0)
-        model.release(6)
+        model.release(7)
         results = await asyncio.gather(big, small)
         await batcher.close()
         return model, results
 
     model, (big, small) = run(go())
-    # The small request shares the second run (with room left, nothing of the big one joins).
-    assert [b[:, 0, 0].tolist() for b in model.batches[:2]] == [[1, 1, 1, 1], [7]]
-    assert big[1].tolist() == [1] * 20 and small[1].tolist() == [7]
+    # The small request runs right after the two runs already with the model thread (with
+    # room left in its run, nothing of the big one joins it); four of the big one's wait.
+    first_runs = [b[:, 0, 0].tolist() for b in model.batches[:3]]
+    assert first_runs == [[1, 1, 1, 1], [1, 1, 1, 1], [7]]
+    assert big[1].tolist() == [1] * 24 and small[1].tolist() == [7]
+
+
+def test_the_next_batch_is_with_the_model_thread_before_the_running_one_ends():
+    """The model thread goes from one run to the next without the event loop's help."""
+
+    async def go():
+        model = GatedModel()
+        batcher = DynamicBatcher(model, BatchingSettings(max_batch_size=4))
+        big = asyncio.ensure_future(batcher.infer(images([3] * 12)))  # three runs of 4
+        await wait_started(model)
+        # Block the event loop itself: only a run already handed over can start now.
+        model.started.clear()
+        model.release(1)
+        handed_over = model.started.wait(timeout=10)
+        model.release(2)
+        _, labels = await big
+        await batcher.close()
+        return handed_over, labels
+
+    handed_over, labels = run(go())
+    assert handed_over, "the second run did not start while the event loop was busy"
+    assert labels.tolist() == [3] * 12
 
 
 def test_batching_off_runs_each_request_alone():
@@ -143,7 +167,8 @@ def test_expired_and_cancelled_requests_are_dropped_before_inference():
     async def go():
         model = GatedModel()
         batcher = DynamicBatcher(model, BatchingSettings(max_batch_size=64))
-        first = asyncio.ensure_future(batcher.infer(images([1])))
+        # Two runs of 64: one running, one handed over; what comes next waits in the queue.
+        first = asyncio.ensure_future(batcher.infer(images([1] * 128)))
         await wait_started(model)
         expiring = asyncio.ensure_future(batcher.infer(images([2]), deadline=time.monotonic() + 0.001))
         cancelled = asyncio.ensure_future(batcher.infer(images([3])))
@@ -152,7 +177,7 @@ def test_expired_and_cancelled_requests_are_dropped_before_inference():
         cancelled.cancel()
         while time.monotonic() < batcher._chunks[0].request.deadline:  # let the deadline pass
             await asyncio.sleep(0)
-        model.release(2)
+        model.release(3)
         await first
         with pytest.raises(DeadlineExpired):
             await expiring
@@ -161,7 +186,7 @@ def test_expired_and_cancelled_requests_are_dropped_before_inference():
         return model, batcher, labels
 
     model, batcher, labels = run(go())
-    assert [b[:, 0, 0].tolist() for b in model.batches] == [[1], [4]]
+    assert [b[:, 0, 0].tolist() for b in model.batches] == [[1] * 64, [1] * 64, [4]]
     assert batcher.stats.dropped_expired == 1 and batcher.stats.dropped_cancelled == 1
     assert labels.tolist() == [4]
 
