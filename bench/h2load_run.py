@@ -52,6 +52,7 @@ def run(port: int, body: Path, seconds: float, connections: int, streams: int, l
         str(log),
         f"http://127.0.0.1:{port}{PATH}",
     ]
+    log.unlink(missing_ok=True)  # h2load appends: a reused log would mix in an earlier run's times
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
     out = done.stdout
     rps = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", out)

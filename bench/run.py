@@ -302,9 +302,51 @@ def sitting(args: argparse.Namespace) -> dict:
         for key, row in rows.items():
             print(f"   {key}: {json.dumps(row)}", flush=True)
         results["servers"][server.name] = rows
+    results["targets"] = target_rounds(model, body, data, tmp, args)
     if not args.quick or args.with_training:
         results["training"] = training_speed(args)
     return results
+
+
+TARGET_SERVERS = (OURS, f"{OURS} (2 workers)", "floor (1 process)", "floor (2 processes)")
+
+
+def target_rounds(model: Path, body: Path, data: dict, tmp: Path, args: argparse.Namespace) -> dict:
+    """The targets' figures in interleaved rounds, every server up at once.
+
+    Each ratio is taken within one round (seconds apart), and the report reads the median
+    round: measured minutes apart, this machine moved the floor alone by up to 38%.
+    """
+    chosen = [s for s in servers(model, [], args.quick) if s.name in TARGET_SERVERS]
+    print(f"== targets: {args.rounds} interleaved rounds of {', '.join(s.name for s in chosen)}", flush=True)
+    rounds = []
+    started = []
+    try:
+        for server in chosen:
+            server.start(tmp / f"targets-{server.port}.log")
+            started.append(server)
+        for _ in range(args.rounds):
+            row: dict = {}
+            for server in chosen:
+                row[f"{server.name} h2load 16x4"] = h2load_run.run(
+                    server.port, body, args.seconds, 16, 4, tmp / "targets-h2.log"
+                )["requests_per_s"]
+                if server.name in (OURS, "floor (1 process)"):
+                    row[f"{server.name} h2load 1x1 p50_ms"] = h2load_run.run(
+                        server.port, body, args.seconds, 1, 1, tmp / "targets-h2.log"
+                    ).get("p50_ms")
+                if server.name == OURS:
+                    batch = run_v2(f"127.0.0.1:{server.port}", 4, 256, args.seconds, data)
+                    row[f"{OURS} v2 batch256 c=4"] = batch.get("images_per_s")
+                    row["wrong answers"] = batch.get("wrong", 0) + batch.get("errors", 0)
+            ceiling_row = ceiling.measure(str(model), 1, batches=(256,), seconds=min(args.seconds, 2.0))[0]
+            row["in-process batch 256, 1 thread"] = ceiling_row["images_per_s"]
+            print(f"   {json.dumps(row)}", flush=True)
+            rounds.append(row)
+    finally:
+        for server in started:
+            server.stop()
+    return {"seconds_per_run": args.seconds, "rounds": rounds}
 
 
 def answer_check(address: str, image: np.ndarray, label: np.ndarray) -> bool:
@@ -371,8 +413,10 @@ def main() -> int:
     parser.add_argument("--results", type=Path, default=HERE / "results" / "latest.json")
     parser.add_argument("--docs", type=Path, help="write the markdown report and plots here (full runs)")
     parser.add_argument("--with-training", action="store_true", help="also time training in --quick mode")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds for the targets (default 5, quick 1)")
     args = parser.parse_args()
     args.seconds = args.seconds or (0.5 if args.quick else 5.0)
+    args.rounds = args.rounds or (1 if args.quick else 5)
     args.peers = [p for p in args.peers.split(",") if p]
     results = sitting(args)
     args.results.parent.mkdir(parents=True, exist_ok=True)

@@ -38,5 +38,9 @@ def test_bench_harness_quick(model_repository, tmp_path):
     for name in ("v2 single c=1", "own single c=16", "own batch256 c=1", "own stream test set"):
         assert rows[name]["requests"] > 0 and rows[name]["errors"] == 0 and rows[name]["wrong"] == 0, name
     assert rows["h2load answer check"]["ok"]
+    (round_row,) = data["targets"]["rounds"]  # quick: one round of the interleaved targets
+    assert round_row["mnist-serving h2load 16x4"] > 0 and round_row["floor (1 process) h2load 16x4"] > 0
+    assert round_row["mnist-serving v2 batch256 c=4"] > 0 and round_row["wrong answers"] == 0
     report = (tmp_path / "docs" / "benchmarks.md").read_text()
     assert "| v2 single c=1 |" in report and (tmp_path / "docs" / "bench-throughput.png").is_file()
+    assert "Measured in 1 interleaved round with" in report and "median round" in report
