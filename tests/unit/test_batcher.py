@@ -70,6 +70,25 @@ def test_concurrent_requests_share_one_run_and_get_their_own_rows():
         assert labels.tolist() == [i, i]
 
 
+def test_a_partial_batch_waits_for_the_running_one_and_gathers_what_arrives_meanwhile():
+    async def go():
+        model = GatedModel()
+        batcher = DynamicBatcher(model, BatchingSettings(max_batch_size=64))
+        first = asyncio.ensure_future(batcher.infer(images([1])))
+        await wait_started(model)
+        second = asyncio.ensure_future(batcher.infer(images([2])))
+        for _ in range(5):  # turns of the event loop, in which the worker could hand it over
+            await asyncio.sleep(0)
+        third = asyncio.ensure_future(batcher.infer(images([3])))
+        await asyncio.sleep(0)
+        model.release(3)  # enough for three runs, should the second have gone alone
+        await asyncio.gather(first, second, third)
+        await batcher.close()
+        return model
+
+    assert [b[:, 0, 0].tolist() for b in run(go()).batches] == [[1], [2, 3]]
+
+
 def test_big_request_is_split_into_runs_and_reassembled():
     async def go():
         model = GatedModel(gated=False)
