@@ -233,13 +233,19 @@ def write_docs(docs: Path, figures: dict) -> None:
         "|---|---|",
     ]
     lines += [f"| {k} | {v:,.0f} |" for k, v in figures["tracing"].items()]
-    text = docs.read_text()
     begin, end = "<!-- rest-bench:begin -->", "<!-- rest-bench:end -->"
-    if begin not in text:
-        text += f"\n## REST and tracing (`bench/rest_bench.py`)\n\n{begin}\n{end}\n"
-    head, _, rest = text.partition(begin)
-    _, _, tail = rest.partition(end)
-    docs.write_text(f"{head}{begin}\n" + "\n".join(lines) + f"\n{end}{tail}")
+    # The page, and the hand-written analysis it is rebuilt from (so a rebuild keeps them).
+    for page in (docs, docs.parent / "benchmarks-analysis.md"):
+        if not page.exists():
+            continue
+        text = page.read_text()
+        if begin not in text:
+            if page != docs:
+                continue
+            text += f"\n## REST and tracing (`bench/rest_bench.py`)\n\n{begin}\n{end}\n"
+        head, _, rest = text.partition(begin)
+        _, _, tail = rest.partition(end)
+        page.write_text(f"{head}{begin}\n" + "\n".join(lines) + f"\n{end}{tail}")
 
 
 def main() -> int:
