@@ -76,6 +76,7 @@ bench: model $(VENV)/.installed-dev
 	$(BIN)/python bench/run.py --docs docs/benchmarks.md
 	$(BIN)/python bench/rest_bench.py --docs docs/benchmarks.md
 	$(BIN)/python bench/batch_job.py --docs docs/batch.md
+	$(BIN)/python bench/decode_pool.py
 
 # The field set (photos, prints, pens, scans; bench/field/): regenerate it from its seed, check
 # its hash, and print accuracy per condition for preprocessing v1 and v2 with the published model.
