@@ -28,12 +28,20 @@ def request_bytes(image: np.ndarray) -> bytes:
     return b"\x00" + struct.pack(">I", len(message)) + message
 
 
-def run(port: int, body: Path, seconds: float, connections: int, streams: int, log: Path) -> dict:
-    h2load = shutil.which("h2load")
-    if h2load is None:
-        return {"error": "h2load not installed (Debian: nghttp2-client)"}
+def h2load(
+    url: str,
+    body: Path,
+    seconds: float,
+    connections: int,
+    streams: int,
+    headers: tuple[str, ...],
+    extra: tuple[str, ...] = (),
+) -> tuple[float, list[int] | None]:
+    """POST ``body`` for ``seconds`` after a 1 s warm-up: (requests/s, the counts of 2xx, 3xx,
+    4xx and 5xx answers, or None when h2load printed none)."""
     command = [
-        h2load,
+        shutil.which("h2load") or "h2load",
+        *extra,
         "-D",
         str(max(1, round(seconds))),
         "--warm-up-time",
@@ -42,25 +50,34 @@ def run(port: int, body: Path, seconds: float, connections: int, streams: int, l
         str(connections),
         "-m",
         str(streams),
-        "-H",
-        "content-type: application/grpc",
-        "-H",
-        "te: trailers",
+        *[arg for header in headers for arg in ("-H", header)],
         "-d",
         str(body),
-        "--log-file",
-        str(log),
-        f"http://127.0.0.1:{port}{PATH}",
+        url,
     ]
-    log.unlink(missing_ok=True)  # h2load appends: a reused log would mix in an earlier run's times
-    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
-    out = done.stdout
+    out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False).stdout
     rps = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", out)
     status = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    return float(rps.group(1)) if rps else 0.0, [int(g) for g in status.groups()] if status else None
+
+
+def run(port: int, body: Path, seconds: float, connections: int, streams: int, log: Path) -> dict:
+    if shutil.which("h2load") is None:
+        return {"error": "h2load not installed (Debian: nghttp2-client)"}
+    log.unlink(missing_ok=True)  # h2load appends: a reused log would mix in an earlier run's times
+    rps, codes = h2load(
+        f"http://127.0.0.1:{port}{PATH}",
+        body,
+        seconds,
+        connections,
+        streams,
+        ("content-type: application/grpc", "te: trailers"),
+        ("--log-file", str(log)),
+    )
     result = {
-        "requests_per_s": float(rps.group(1)) if rps else 0.0,
-        "http_2xx": int(status.group(1)) if status else 0,
-        "http_errors": sum(int(status.group(i)) for i in (3, 4)) if status else 0,
+        "requests_per_s": rps,
+        "http_2xx": codes[0] if codes else 0,
+        "http_errors": codes[2] + codes[3] if codes else 0,  # 4xx, 5xx
     }
     times = []
     if log.exists():

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import http.server
 import json
-import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -71,30 +69,13 @@ except ImportError:
 
 def h1load(url: str, body: Path, seconds: float, connections: int) -> dict:
     """h2load over HTTP/1.1 (one request at a time per connection), POSTing ``body``."""
-    command = [
-        shutil.which("h2load") or "h2load",
-        "--h1",
-        "-D",
-        str(max(1, round(seconds))),
-        "--warm-up-time",
-        "1",
-        "-c",
-        str(connections),
-        "-m",
-        "1",
-        "-H",
-        "content-type: application/json",
-        "-d",
-        str(body),
-        url,
-    ]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False).stdout
-    rps = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", out)
-    status = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    rps, codes = h2load_run.h2load(
+        url, body, seconds, connections, 1, ("content-type: application/json",), ("--h1",)
+    )
     return {
-        "requests_per_s": float(rps.group(1)) if rps else 0.0,
-        "http_2xx": int(status.group(1)) if status else 0,
-        "http_errors": sum(int(status.group(i)) for i in (2, 3, 4)) if status else -1,
+        "requests_per_s": rps,
+        "http_2xx": codes[0] if codes else 0,
+        "http_errors": sum(codes[1:]) if codes else -1,  # 3xx, 4xx, 5xx
     }
 
 
@@ -208,31 +189,37 @@ def tracing_cost(model: Path, work: Path, image, seconds: float) -> dict:
     return {name: max(values) for name, values in figures.items()}
 
 
+def _table(caption: str, columns: tuple[str, str], rates: dict[str, float]) -> list[str]:
+    return [caption, "", f"| {columns[0]} | {columns[1]} |", "|---|---|"] + [
+        f"| {name} | {rate:,.0f} |" for name, rate in rates.items()
+    ]
+
+
 def write_docs(docs: Path, figures: dict) -> None:
+    def rates(rows: dict) -> dict[str, float]:
+        return {name: row["requests_per_s"] for name, row in rows.items()}
+
     lines = [
-        f"One sitting, {figures['date']}; h2load, HTTP/1.1, 16 connections, one request at a time "
-        "each; the body is one image as a v2 JSON tensor (784 values).",
+        *_table(
+            f"One sitting, {figures['date']}; h2load, HTTP/1.1, 16 connections, one request at a "
+            "time each; the body is one image as a v2 JSON tensor (784 values).",
+            ("server", "REST single-image calls/s"),
+            rates(figures["rest"]),
+        ),
         "",
-        "| server | REST single-image calls/s |",
-        "|---|---|",
+        *_table(
+            "The ASGI stack alone (the same JSON parse and answer, no model, uvicorn + httptools):",
+            ("framework", "calls/s"),
+            rates(figures["stacks"]),
+        ),
+        "",
+        *_table(
+            "Tracing (gRPC ModelInfer, h2load 16 connections × 4 streams, the better of two "
+            "interleaved runs):",
+            ("mnist-serving", "req/s"),
+            figures["tracing"],
+        ),
     ]
-    lines += [f"| {k} | {v['requests_per_s']:,.0f} |" for k, v in figures["rest"].items()]
-    lines += [
-        "",
-        "The ASGI stack alone (the same JSON parse and answer, no model, uvicorn + httptools):",
-        "",
-        "| framework | calls/s |",
-        "|---|---|",
-    ]
-    lines += [f"| {k} | {v['requests_per_s']:,.0f} |" for k, v in figures["stacks"].items()]
-    lines += [
-        "",
-        "Tracing (gRPC ModelInfer, h2load 16 connections × 4 streams, the better of two interleaved runs):",
-        "",
-        "| mnist-serving | req/s |",
-        "|---|---|",
-    ]
-    lines += [f"| {k} | {v:,.0f} |" for k, v in figures["tracing"].items()]
     begin, end = "<!-- rest-bench:begin -->", "<!-- rest-bench:end -->"
     # The page, and the hand-written analysis it is rebuilt from (so a rebuild keeps them).
     for page in (docs, docs.parent / "benchmarks-analysis.md"):

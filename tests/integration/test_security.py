@@ -26,6 +26,12 @@ def _start(repository, *args, tmp):
     return server
 
 
+def _start_mutual_tls(repository, pki, tmp):
+    """A server that takes only clients with a certificate from the test CA."""
+    tls = ("--tls-cert", str(pki["server"]), "--tls-key", str(pki["server_key"]))
+    return _start(repository, *tls, "--tls-client-ca", str(pki["ca"]), tmp=tmp)
+
+
 def _wait_serving_tls(server, pki, client_cert=True):
     creds = grpc.ssl_channel_credentials(
         pki["ca"].read_bytes(),
@@ -69,16 +75,7 @@ def test_tls(model_repository, pki, mnist, tmp_path):
 
 
 def test_mutual_tls(model_repository, pki, mnist, tmp_path):
-    server = _start(
-        model_repository,
-        "--tls-cert",
-        str(pki["server"]),
-        "--tls-key",
-        str(pki["server_key"]),
-        "--tls-client-ca",
-        str(pki["ca"]),
-        tmp=tmp_path,
-    )
+    server = _start_mutual_tls(model_repository, pki, tmp_path)
     try:
         _wait_serving_tls(server, pki)
         with Client(
@@ -196,16 +193,7 @@ def test_rest_serves_the_same_tls_and_mutual_tls(model_repository, pki, tmp_path
     import urllib.error
     import urllib.request
 
-    server = _start(
-        model_repository,
-        "--tls-cert",
-        str(pki["server"]),
-        "--tls-key",
-        str(pki["server_key"]),
-        "--tls-client-ca",
-        str(pki["ca"]),
-        tmp=tmp_path,
-    )
+    server = _start_mutual_tls(model_repository, pki, tmp_path)
     try:
         _wait_serving_tls(server, pki)
         url = f"https://localhost:{server.http_port}/v2/models/mnist"
