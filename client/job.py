@@ -187,7 +187,9 @@ class Job:
         self.stopping = False
 
     def close(self) -> None:
-        self.callers.shutdown(wait=True, cancel_futures=True)
+        # Interrupted: calls in flight are not waited for (a held server would hold the exit);
+        # closing the client's channel, which comes next, cancels them.
+        self.callers.shutdown(wait=not self.stopping, cancel_futures=True)
         self.decoders.shutdown(wait=True, cancel_futures=True)
 
     def _run_chunk(self, chunk: Chunk) -> list[Row]:

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.batch_cli import EXAMPLES, EXE, classify, messy_inbox, rows
+from tests.holding_proxy import HoldingProxy
 
 
 @pytest.fixture
@@ -148,11 +149,13 @@ def test_kill_9_then_resume_gives_the_uninterrupted_output(server, tmp_path, mni
     code, whole, err = classify(*args, "-o", str(tmp_path / "whole.jsonl"), server=server)
     assert code == 0, err
     target = tmp_path / "killed.jsonl"
-    process = subprocess.Popen([EXE, "--no-progress", *args, "-o", str(target), "--server", server.address])
-    while process.poll() is None and (not target.exists() or target.stat().st_size < 200_000):
-        time.sleep(0.01)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    with HoldingProxy(server.address, allow=20) as proxy:  # the job stops part-way, held
+        process = subprocess.Popen(
+            [EXE, "--no-progress", *args, "-o", str(target), "--server", proxy.address]
+        )
+        assert proxy.holding.wait(120), "the job never reached its 21st call"
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
     written = target.read_bytes().count(b"\n")
     assert 0 < written < len(images), "the job must be killed part-way"
     code, _, err = classify(*args, "-o", str(target), "--resume", server=server)
@@ -188,29 +191,19 @@ def test_a_closed_stdout_ends_the_job_quietly(server, mnist, tmp_path):
 def test_sigint_stops_cleanly_with_valid_output_and_a_summary(server, mnist, tmp_path):
     np.save(tmp_path / "images.npy", np.concatenate([mnist.x_test] * 6))
     target = tmp_path / "out.csv"
-    process = subprocess.Popen(
-        [
-            EXE,
-            "--no-progress",
-            str(tmp_path / "images.npy"),
-            "--batch-size",
-            "64",
-            "--concurrency",
-            "1",
-            "-o",
-            str(target),
-            "--server",
-            server.address,
-        ],
-        stderr=subprocess.PIPE,
-    )
-    while process.poll() is None and (not target.exists() or target.stat().st_size < 50_000):
-        time.sleep(0.01)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    job = [EXE, "--no-progress", str(tmp_path / "images.npy"), "--batch-size", "64", "--concurrency", "1"]
+    # The proxy answers 10 calls of 64 images, then holds the job until it is interrupted.
+    with HoldingProxy(server.address, allow=10) as proxy:
+        process = subprocess.Popen(
+            [*job, "-o", str(target), "--server", proxy.address], stderr=subprocess.PIPE
+        )
+        assert proxy.holding.wait(120), "the job never reached its 11th call"
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err.decode()
     assert "interrupted" in err.decode() and "Traceback" not in err.decode()
     table = rows(target.read_text())
+    assert 0 < len(table) <= 640
     assert [int(r["index"]) for r in table] == list(range(len(table)))  # a whole, valid prefix
 
 
