@@ -28,8 +28,7 @@ from mnist_serving.export.onnx_export import ExportError, export_onnx
 from mnist_serving.export.parity import ParityError, ParityReport, check_parity
 from mnist_serving.export.quantize import compare, quantize_int8
 from mnist_serving.export.serving_model import load_serving_model
-
-CHECKPOINT = "model.pt"
+from mnist_serving.train.model import CHECKPOINT
 
 
 def newest_run(runs_dir: Path) -> Path:
@@ -46,21 +45,18 @@ def _sidecar(
     version: int,
     run_dir: Path,
     config: dict,
-    onnx_bytes: bytes,
     parity: dict,
     test_accuracy: float,
     data: Mnist,
     extra: dict | None = None,
 ) -> dict:
     return {
-        "name": None,  # filled by caller
         "version": version,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "run_dir": str(run_dir),
         "recipe": config.get("recipe"),
         "seed": config.get("seed"),
         "data_sha256": data.sha256(),
-        "model_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
         "test_accuracy": test_accuracy,
         "parity": parity,
         "opset": OPSET,
@@ -85,8 +81,7 @@ def _publish(
     repository: Path, name: str, proto: onnx.ModelProto, make_sidecar: Callable[[int], dict]
 ) -> tuple[int, Path]:
     def write(staging: Path, version: int) -> None:
-        sidecar = make_sidecar(version)
-        sidecar["name"] = name
+        sidecar = {"name": name, **make_sidecar(version)}
         data = _with_metadata(proto, sidecar)
         # model_sha256 names the exact bytes published (with metadata).
         sidecar["model_sha256"] = hashlib.sha256(data).hexdigest()
@@ -123,7 +118,7 @@ def export_run(
         repository,
         MODEL_NAME,
         proto,
-        lambda v: _sidecar(v, run_dir, config, onnx_bytes, report.as_dict(), report.onnx_accuracy, data),
+        lambda v: _sidecar(v, run_dir, config, report.as_dict(), report.onnx_accuracy, data),
     )
     result.update(version=version, path=str(path / MODEL_FILENAME))
     print(
@@ -145,7 +140,6 @@ def export_run(
                     v,
                     run_dir,
                     config,
-                    int8_bytes,
                     report.as_dict(),
                     quant.int8_accuracy,
                     data,

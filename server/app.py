@@ -45,6 +45,7 @@ class MnistServer:
     """One server process; ``run()`` serves until SIGTERM/SIGINT, then drains and returns."""
 
     def __init__(self, config: ServerConfig, reuse_port: bool = False) -> None:
+        config = config.resolved()
         self.config = config
         self.reuse_port = reuse_port
         self.metrics = Metrics()
@@ -65,9 +66,9 @@ class MnistServer:
             self.metrics,
             intra_op_threads=config.intra_op_threads,
             pinned_version=config.model_version,
-            inline_max_images=config.inline_images,
+            inline_max_images=config.inline_max_images,
         )
-        self.decoder = DecodePool(config.decode_processes, config.max_request_pixels)
+        self.decoder = DecodePool(config.decode_workers, config.max_request_pixels)
         tracing.configure()
         self.dataplane = DataPlane(self.store, self.metrics, security.load_tokens(config), self.decoder)
 

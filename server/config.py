@@ -7,12 +7,29 @@ can be configured entirely by environment and a person can still override one fl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 ENV_PREFIX = "MNIST_SERVING_"
-LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def setting(
+    default: Any,
+    help: str,
+    choices: Sequence[str] | None = None,
+    parse: Callable[[str], Any] | None = None,
+) -> Any:
+    """A flag: its default, help text, allowed values and parser live on the field itself.
+
+    ``parse`` is needed where the default does not say the type (None for optional values).
+    """
+    metadata = {"help": help, "choices": choices, "parse": parse}
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -28,68 +45,140 @@ class BatchingSettings:
 
 @dataclass
 class ServerConfig:
-    model_repository: Path = Path("models")
-    """Triton-style repository: <root>/<model>/<version>/model.onnx."""
-    model_version: int | None = None
-    """Serve this version of 'mnist' instead of the newest."""
-    host: str = "[::]"
-    """Address to listen on ('[::]' = all interfaces, '127.0.0.1' = loopback only)."""
-    port: int = 50051
-    """gRPC port (0 picks a free port, printed at start-up)."""
-    metrics_port: int = 8000
-    """Prometheus /metrics (and /ready) HTTP port (0 picks a free port, -1 disables)."""
-    metrics_host: str = "0.0.0.0"
-    """Address the metrics listener binds (e.g. 127.0.0.1 to keep it local)."""
-    http_port: int = 8080
-    """KServe v2 REST API and the drawing page, on --host (0 picks a free port, -1 disables)."""
-    device: str = "auto"
-    """auto (CUDA if onnxruntime-gpu sees a GPU, else CPU), cpu or cuda (error if unavailable)."""
-    intra_op_threads: int = 1
-    """onnxruntime threads per model run (1 leaves the other cores to gRPC and decoding; 0: one per core)."""
-    workers: int = 1
-    """Server processes sharing the port (SO_REUSEPORT, Linux); each gets its own /metrics port."""
-    inline_max_images: int = -1
-    """Runs of at most this many images skip the onnxruntime thread (-1: 8 if cores/--workers < 2)."""
-    max_batch_size: int = 256
-    """Most images in one onnxruntime run; bigger requests are split into runs of this size."""
-    max_batch_delay: int = 0
-    """Microseconds to wait for more requests before running a partial batch (0: never wait)."""
-    max_queue: int = 1024
-    """Most requests accepted and not yet answered; beyond it RESOURCE_EXHAUSTED."""
-    max_queue_images: int = 262144
-    """Most images accepted and not yet answered (bounds memory); beyond it RESOURCE_EXHAUSTED."""
-    max_request_images: int = 65536
-    """Most images in one request."""
-    max_request_pixels: int = 500_000_000
-    """Most pixels one request's encoded images may decode to (2,000 400x400 scans are 320M)."""
-    decode_workers: int = -1
-    """Processes decoding images off the event loop (-1: cores / --workers; 0: on the event loop)."""
-    max_message_mb: int = 128
-    """Largest gRPC message, each way, in MiB (65,536 raw images are 49 MiB)."""
-    max_concurrent_rpcs: int = 4096
-    """Calls handled at once; beyond it gRPC answers RESOURCE_EXHAUSTED before any work."""
-    model_load_timeout: float = 120.0
-    """Seconds a model version may take to load, warm up and self-check before it is refused."""
-    batching: bool = True
-    """Coalesce concurrent requests into shared runs (false: one run per request chunk)."""
-    poll_interval: float = 5.0
-    """Seconds between model-repository scans for new versions (0 disables hot reload)."""
-    tls_cert: Path | None = None
-    """Server certificate chain (PEM); with --tls-key, serve TLS instead of plaintext."""
-    tls_key: Path | None = None
-    """Server private key (PEM)."""
-    tls_client_ca: Path | None = None
-    """CA bundle (PEM) for mutual TLS: clients without a certificate it signed are refused."""
-    auth_token: str | None = None
-    """Bearer token required in `authorization: Bearer <token>` metadata (health stays open)."""
-    auth_token_file: Path | None = None
-    """File of accepted bearer tokens, one per line (combined with --auth-token)."""
-    grace: float = 10.0
-    """Seconds to finish accepted requests after SIGTERM/SIGINT before exiting."""
-    log_level: str = "INFO"
-    """Logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (any case)."""
-    log_format: str = "text"
-    """text or json."""
+    model_repository: Path = setting(
+        Path("models"),
+        "Triton-style repository: <root>/<model>/<version>/model.onnx.",
+    )
+    model_version: int | None = setting(
+        None,
+        "Serve this version of 'mnist' instead of the newest.",
+        parse=int,
+    )
+    host: str = setting(
+        "[::]",
+        "Address to listen on ('[::]' = all interfaces, '127.0.0.1' = loopback only).",
+    )
+    port: int = setting(
+        50051,
+        "gRPC port (0 picks a free port, printed at start-up).",
+    )
+    metrics_port: int = setting(
+        8000,
+        "Prometheus /metrics (and /ready) HTTP port (0 picks a free port, -1 disables).",
+    )
+    metrics_host: str = setting(
+        "0.0.0.0",
+        "Address the metrics listener binds (e.g. 127.0.0.1 to keep it local).",
+    )
+    http_port: int = setting(
+        8080,
+        "KServe v2 REST API and the drawing page, on --host (0 picks a free port, -1 disables).",
+    )
+    device: str = setting(
+        "auto",
+        "auto (CUDA if onnxruntime-gpu sees a GPU, else CPU), cpu or cuda (error if unavailable).",
+        choices=("auto", "cpu", "cuda"),
+    )
+    intra_op_threads: int = setting(
+        1,
+        "onnxruntime threads per model run (1 leaves the other cores to gRPC and decoding; 0: one per core).",
+    )
+    workers: int = setting(
+        1,
+        "Server processes sharing the port (SO_REUSEPORT, Linux); each gets its own /metrics port.",
+    )
+    inline_max_images: int = setting(
+        -1,
+        "Runs of at most this many images skip the onnxruntime thread (-1: 8 if cores/--workers < 2).",
+    )
+    max_batch_size: int = setting(
+        256,
+        "Most images in one onnxruntime run; bigger requests are split into runs of this size.",
+    )
+    max_batch_delay: int = setting(
+        0,
+        "Microseconds to wait for more requests before running a partial batch (0: never wait).",
+    )
+    max_queue: int = setting(
+        1024,
+        "Most requests accepted and not yet answered; beyond it RESOURCE_EXHAUSTED.",
+    )
+    max_queue_images: int = setting(
+        262144,
+        "Most images accepted and not yet answered (bounds memory); beyond it RESOURCE_EXHAUSTED.",
+    )
+    max_request_images: int = setting(
+        65536,
+        "Most images in one request.",
+    )
+    max_request_pixels: int = setting(
+        500_000_000,
+        "Most pixels one request's encoded images may decode to (2,000 400x400 scans are 320M).",
+    )
+    decode_workers: int = setting(
+        -1,
+        "Processes decoding images off the event loop (-1: cores / --workers; 0: on the event loop).",
+    )
+    max_message_mb: int = setting(
+        128,
+        "Largest gRPC message, each way, in MiB (65,536 raw images are 49 MiB).",
+    )
+    max_concurrent_rpcs: int = setting(
+        4096,
+        "Calls handled at once; beyond it gRPC answers RESOURCE_EXHAUSTED before any work.",
+    )
+    model_load_timeout: float = setting(
+        120.0,
+        "Seconds a model version may take to load, warm up and self-check before it is refused.",
+    )
+    batching: bool = setting(
+        True,
+        "Coalesce concurrent requests into shared runs (false: one run per request chunk).",
+    )
+    poll_interval: float = setting(
+        5.0,
+        "Seconds between model-repository scans for new versions (0 disables hot reload).",
+    )
+    tls_cert: Path | None = setting(
+        None,
+        "Server certificate chain (PEM); with --tls-key, serve TLS instead of plaintext.",
+        parse=Path,
+    )
+    tls_key: Path | None = setting(
+        None,
+        "Server private key (PEM).",
+        parse=Path,
+    )
+    tls_client_ca: Path | None = setting(
+        None,
+        "CA bundle (PEM) for mutual TLS: clients without a certificate it signed are refused.",
+        parse=Path,
+    )
+    auth_token: str | None = setting(
+        None,
+        "Bearer token required in `authorization: Bearer <token>` metadata (health stays open).",
+        parse=str,
+    )
+    auth_token_file: Path | None = setting(
+        None,
+        "File of accepted bearer tokens, one per line (combined with --auth-token).",
+        parse=Path,
+    )
+    grace: float = setting(
+        10.0,
+        "Seconds to finish accepted requests after SIGTERM/SIGINT before exiting.",
+    )
+    log_level: str = setting(
+        "INFO",
+        "Logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (any case).",
+        choices=LOG_LEVELS,
+        parse=str.upper,
+    )
+    log_format: str = setting(
+        "text",
+        "text or json.",
+        choices=("text", "json"),
+    )
 
     @property
     def batching_settings(self) -> BatchingSettings:
@@ -102,19 +191,19 @@ class ServerConfig:
             enabled=self.batching,
         )
 
-    @property
-    def decode_processes(self) -> int:
-        if self.decode_workers >= 0:
-            return self.decode_workers
-        return max(1, (os.cpu_count() or 1) // max(1, self.workers))
-
-    @property
-    def inline_images(self) -> int:
-        # A run of 8 images takes about 0.07 ms on one core: less than the hand-off to a thread
-        # and back. The hand-off pays only when the thread has a core of its own to run on.
-        if self.inline_max_images >= 0:
-            return self.inline_max_images
-        return 8 if (os.cpu_count() or 1) / max(1, self.workers) < 2 else 0
+    def resolved(self) -> ServerConfig:
+        """The settings with every automatic value (-1) turned into a count, once, under its own
+        name: decode processes and inline images depend on the cores per worker process."""
+        per_worker = (os.cpu_count() or 1) / max(1, self.workers)
+        decode_workers = self.decode_workers
+        if decode_workers < 0:
+            decode_workers = max(1, int(per_worker))
+        inline = self.inline_max_images
+        if inline < 0:
+            # A run of 8 images takes about 0.07 ms on one core: less than the hand-off to a
+            # thread and back. The hand-off pays only when the thread has a core of its own.
+            inline = 8 if per_worker < 2 else 0
+        return dataclasses.replace(self, decode_workers=decode_workers, inline_max_images=inline)
 
     @property
     def max_message_bytes(self) -> int:
@@ -134,24 +223,13 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got '{text}'")
 
 
-_OPTIONAL_TYPES = {
-    "model_version": int,
-    "tls_cert": Path,
-    "tls_key": Path,
-    "tls_client_ca": Path,
-    "auth_token": str,
-    "auth_token_file": Path,
-}
-
-
-def _converter(name: str, default: object):  # noqa: ANN202
-    if name in _OPTIONAL_TYPES:
-        return _OPTIONAL_TYPES[name]
-    if isinstance(default, bool):
+def _converter(item: dataclasses.Field) -> Callable[[str], Any]:
+    parse = item.metadata["parse"]
+    if parse is not None:
+        return parse
+    if isinstance(item.default, bool):
         return _parse_bool
-    if isinstance(default, Path):
-        return Path
-    return type(default)
+    return type(item.default)
 
 
 def build_parser(prog: str = "mnist-serve") -> argparse.ArgumentParser:
@@ -160,67 +238,38 @@ def build_parser(prog: str = "mnist-serve") -> argparse.ArgumentParser:
         description="Serve the MNIST classifier over gRPC (own API + KServe v2).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    docs = _field_docs()
-    defaults = ServerConfig()
     for item in fields(ServerConfig):
-        default = getattr(defaults, item.name)
-        flag = "--" + item.name.replace("_", "-")
-        help_text = f"{docs.get(item.name, '')} [env {_env_name(item.name)}]"
-        kwargs: dict = {
-            "dest": item.name,
-            "help": help_text,
-            "default": default,
-            "type": _converter(item.name, default),
-        }
-        if item.name in ("device",):
-            kwargs["choices"] = ["auto", "cpu", "cuda"]
-        if item.name == "log_format":
-            kwargs["choices"] = ["text", "json"]
-        if item.name == "log_level":
-            kwargs["choices"] = LOG_LEVELS
-            kwargs["type"] = str.upper
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(
+            "--" + item.name.replace("_", "-"),
+            dest=item.name,
+            help=f"{item.metadata['help']} [env {_env_name(item.name)}]",
+            default=item.default,
+            type=_converter(item),
+            choices=item.metadata["choices"],
+        )
     return parser
-
-
-def _field_docs() -> dict[str, str]:
-    """Each field's docstring (the string right after it in the class body)."""
-    import ast
-    import inspect
-
-    tree = ast.parse(inspect.getsource(ServerConfig))
-    body = tree.body[0].body
-    docs = {}
-    for node, following in zip(body, body[1:], strict=False):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-        ):
-            docs[node.target.id] = str(following.value.value)
-    return docs
 
 
 def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> ServerConfig:
     """Defaults, then ``MNIST_SERVING_*`` variables, then flags."""
     environ = os.environ if environ is None else environ
     parser = build_parser()
-    defaults = ServerConfig()
     env_defaults = {}
     for item in fields(ServerConfig):
         value = environ.get(_env_name(item.name))
         if value is not None and value != "":
-            convert = _converter(item.name, getattr(defaults, item.name))
+            convert = _converter(item)
             try:
                 env_defaults[item.name] = convert(value)
             except (ValueError, argparse.ArgumentTypeError) as exc:
                 parser.error(f"{_env_name(item.name)}={value!r}: {exc}")
     parser.set_defaults(**env_defaults)
+    for name, value in env_defaults.items():
+        choices = ServerConfig.__dataclass_fields__[name].metadata["choices"]
+        if choices is not None and value not in choices:
+            parser.error(f"{_env_name(name)}={value!r}: expected one of {', '.join(choices)}")
     args = parser.parse_args(argv)
     config = ServerConfig(**{item.name: getattr(args, item.name) for item in fields(ServerConfig)})
-    if str(args.log_level).upper() not in LOG_LEVELS:
-        parser.error(f"--log-level: {args.log_level!r}; expected one of {', '.join(LOG_LEVELS)}")
-    args.log_level = str(args.log_level).upper()
     if args.auth_token == "":
         parser.error("--auth-token: empty; give a token, or leave the flag out to turn tokens off")
     for name in (
@@ -240,20 +289,16 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
         parser.error("--tls-cert and --tls-key go together")
     if config.tls_client_ca is not None and config.tls_cert is None:
         parser.error("--tls-client-ca needs --tls-cert and --tls-key")
-    return config
+    return config.resolved()
 
 
 def flags_markdown() -> str:
     """The flags table of docs/operations.md (regenerate with `python -m mnist_serving.server.config`)."""
-    docs = _field_docs()
-    defaults = ServerConfig()
     rows = ["| flag | environment variable | default | meaning |", "|---|---|---|---|"]
     for item in fields(ServerConfig):
-        default = getattr(defaults, item.name)
-        shown = "—" if default is None else f"`{default}`"
-        rows.append(
-            f"| `--{item.name.replace('_', '-')}` | `{_env_name(item.name)}` | {shown} | {docs[item.name]} |"
-        )
+        shown = "—" if item.default is None else f"`{item.default}`"
+        flag, help_text = item.name.replace("_", "-"), item.metadata["help"]
+        rows.append(f"| `--{flag}` | `{_env_name(item.name)}` | {shown} | {help_text} |")
     return "\n".join(rows)
 
 

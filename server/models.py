@@ -37,7 +37,6 @@ class LoadedModel:
     version: int
     runner: OnnxRunner
     batcher: DynamicBatcher
-    sidecar: dict
 
     @property
     def version_str(self) -> str:
@@ -124,7 +123,7 @@ class ModelStore:
         # A GPU run includes copies and may wait on the device: never on the event loop.
         inline = self.inline_max_images if runner.provider == CPU else 0
         batcher = DynamicBatcher(runner.run, self.batching, self.metrics.batch_observer(name), inline)
-        model = LoadedModel(name, version, runner, batcher, sidecar)
+        model = LoadedModel(name, version, runner, batcher)
         model.warm_up()
         model.self_check()
         return model
@@ -239,8 +238,8 @@ class ModelStore:
             )
 
     def load_initial(self) -> list[LoadedModel]:
-        """Start-up: build every wanted model (in the caller's thread); 'mnist' is required."""
-        self.check_repository()
+        """Start-up: build every wanted model (in the caller's thread); 'mnist' is required.
+        The repository was checked before the port opened (``check_repository``)."""
         wanted = self.wanted()
         built = []
         for name, version in wanted.items():

@@ -8,13 +8,9 @@ from mnist_serving.common import preprocess
 from mnist_serving.server.errors import InvalidInput
 
 
-def decode(data: bytes, field: str = "image.encoded") -> np.ndarray:
-    """Decode and preprocess one encoded image; any failure is InvalidInput naming ``field``."""
-    return decode_sized(data, field)[0]
-
-
 def decode_sized(data: bytes, field: str = "image.encoded") -> tuple[np.ndarray, int]:
-    """``decode``, and how many pixels the image had (what a request's pixel budget counts)."""
+    """Decode and preprocess one encoded image, and how many pixels it had (what a request's
+    pixel budget counts); any failure is InvalidInput naming ``field``."""
     try:
         return preprocess.decode(data)
     except preprocess.ImageError as exc:

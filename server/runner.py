@@ -47,7 +47,6 @@ class OnnxRunner:
         path: Path,
         providers: list[str],
         intra_op_threads: int = 0,
-        inter_op_threads: int = 0,
         model_bytes: bytes | None = None,
     ) -> None:
         """``model_bytes``: the exact bytes whose digest was verified (the path only names them).
@@ -57,7 +56,6 @@ class OnnxRunner:
         """
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = inter_op_threads
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:

@@ -15,8 +15,6 @@ from mnist_serving.server.errors import StartupError
 
 log = logging.getLogger(__name__)
 
-OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
-
 
 def _read(path: Path, what: str) -> bytes:
     try:

@@ -46,14 +46,7 @@ def worker_settings(config: ServerConfig, port: int, index: int) -> ServerConfig
     metrics_port = config.metrics_port
     if metrics_port > 0:
         metrics_port += index
-    return dataclasses.replace(
-        config,
-        port=port,
-        metrics_port=metrics_port,
-        workers=1,
-        decode_workers=config.decode_processes,
-        inline_max_images=config.inline_images,
-    )
+    return dataclasses.replace(config.resolved(), port=port, metrics_port=metrics_port, workers=1)
 
 
 def _worker_main(config: ServerConfig) -> None:

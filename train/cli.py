@@ -17,11 +17,10 @@ from mnist_serving.common.contract import MODEL_NAME
 from mnist_serving.common.mnist_data import DataError, load_mnist
 from mnist_serving.common.model_repository import env_flag
 from mnist_serving.train import artifacts
-from mnist_serving.train.model import MnistMLP, Normalize, summary
+from mnist_serving.train.model import CHECKPOINT, MnistMLP, Normalize, summary
 from mnist_serving.train.recipes import RECIPES, get_recipe
 from mnist_serving.train.trainer import evaluate, fit
 
-CHECKPOINT = "model.pt"
 FINAL_CHECKPOINT = "final.pt"
 
 

@@ -7,6 +7,8 @@ from torch import nn
 
 from mnist_serving.common.contract import IMAGE_PIXELS, IMAGE_SHAPE, NUM_CLASSES
 
+CHECKPOINT = "model.pt"
+"""The best epoch's weights in a run directory: what mnist-export reads."""
 HIDDEN = 512
 DROPOUT = 0.2
 

@@ -13,7 +13,8 @@ from mnist_serving.server.security import load_tokens
 
 def test_defaults():
     config = load_config([], environ={})
-    assert config == ServerConfig()
+    assert config == ServerConfig().resolved()
+    assert config.decode_workers >= 1 and config.inline_max_images >= 0  # automatic: resolved once
     assert (config.port, config.model_repository, config.device) == (50051, Path("models"), "auto")
 
 
@@ -47,6 +48,7 @@ def test_every_flag_has_an_environment_variable_in_its_help():
         (["--auth-token", ""], {}),  # an empty token is a mistake, not "tokens off"
         (["--log-level", "INFOO"], {}),
         ([], {"MNIST_SERVING_LOG_LEVEL": "verbose"}),
+        ([], {"MNIST_SERVING_DEVICE": "tpu"}),  # choices hold for the environment too
         (["--max-queue-images", "0"], {}),
     ],
 )
@@ -102,8 +104,8 @@ def test_small_runs_stay_on_the_event_loop_only_without_a_spare_core(
     monkeypatch: pytest.MonkeyPatch, cores: int, workers: int, explicit: int, expected: int
 ) -> None:
     monkeypatch.setattr("os.cpu_count", lambda: cores)
-    config = ServerConfig(workers=workers, inline_max_images=explicit)
-    assert config.inline_images == expected
+    config = ServerConfig(workers=workers, inline_max_images=explicit).resolved()
+    assert config.inline_max_images == expected
 
 
 def test_each_worker_keeps_the_settings_derived_from_the_worker_count(
@@ -112,7 +114,7 @@ def test_each_worker_keeps_the_settings_derived_from_the_worker_count(
     monkeypatch.setattr("os.cpu_count", lambda: 8)
     config = ServerConfig(workers=4)
     worker = workers_module.worker_settings(config, port=50051, index=1)
-    assert (worker.workers, worker.decode_processes, worker.inline_images) == (1, 2, 0)
+    assert (worker.workers, worker.decode_workers, worker.inline_max_images) == (1, 2, 0)
     assert worker.metrics_port == config.metrics_port + 1
 
 
