@@ -40,7 +40,7 @@ from mnist_serving.client.job import Job, Row, Summary, start_decode_server
 from mnist_serving.client.output import ParquetWriter, ResumeError, Writer, completed, completed_parquet
 from mnist_serving.client.results import ClassifyError
 from mnist_serving.client.sources import Chunk, InputError, Inputs, chunks, listed_inputs
-from mnist_serving.common.contract import MODEL_NAME
+from mnist_serving.common.contract import MODEL_NAME, metadata_document
 from mnist_serving.common.idx import IdxError, read_idx
 from mnist_serving.common.preprocess import PREPROCESSING_VERSION
 
@@ -338,15 +338,7 @@ def run_info(argv: list[str]) -> int:
     info = {
         "server": {"name": server.name, "version": server.version},
         "model": {
-            "name": model.name,
-            "versions": list(model.versions),
-            "platform": model.platform,
-            "inputs": [
-                {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in model.inputs
-            ],
-            "outputs": [
-                {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in model.outputs
-            ],
+            **metadata_document(model),
             "preprocessing_version": model.parameters["preprocessing_version"].string_param
             if "preprocessing_version" in model.parameters
             else None,

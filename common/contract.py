@@ -7,6 +7,7 @@ here is a change everywhere (and a mismatch is caught at load time, not in produ
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -71,4 +72,18 @@ def contract_dict() -> dict[str, object]:
     return {
         "inputs": [INPUT.as_dict()],
         "outputs": [spec.as_dict() for spec in OUTPUTS],
+    }
+
+
+def metadata_document(metadata: Any) -> dict[str, Any]:
+    """A v2 ModelMetadataResponse as JSON: what REST answers and ``mnist-classify info`` prints."""
+    return {
+        "name": metadata.name,
+        "versions": list(metadata.versions),
+        "platform": metadata.platform,
+        "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in metadata.inputs],
+        "outputs": [
+            {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in metadata.outputs
+        ],
+        "parameters": {key: value.string_param for key, value in metadata.parameters.items()},
     }

@@ -29,9 +29,11 @@ from mnist_serving.common.contract import (
     MODEL_NAME,
     NO_LABEL,
     NUM_CLASSES,
-    pixels_from_unit_floats,
 )
-from mnist_serving.server import tracing
+from mnist_serving.common.preprocess import PREPROCESSING_VERSION
+from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
+from mnist_serving.server import codec, tracing
+from mnist_serving.server.codec import Item
 from mnist_serving.server.config import ServerConfig
 from mnist_serving.server.decode_pool import DecodePool
 from mnist_serving.server.errors import (
@@ -122,6 +124,72 @@ class Outcome:
     message: str
 
 
+class CallFailed(Exception):
+    """A call that did not succeed, as its transport answers it: status, a message safe to
+    show the caller, and the call's request id (None when refused before it had one)."""
+
+    def __init__(self, status: Status, message: str, request_id: str | None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.request_id = status, message, request_id
+
+
+class CallScope:
+    """``async with dataplane.call(...) as call``: the steps every call takes, whatever its
+    transport: the token, its request id and trace, admission, then, on the way out, metrics,
+    logs and the status its outcome maps to. A failure leaves as ``CallFailed``; a call whose
+    caller went away leaves with its cancellation, as it came."""
+
+    __slots__ = (
+        "_plane",
+        "_api",
+        "_method",
+        "_authorization",
+        "_request_id",
+        "_remaining",
+        "_carrier",
+        "_call",
+    )
+
+    def __init__(
+        self,
+        plane: DataPlane,
+        api: str,
+        method: str,
+        authorization: str | None,
+        request_id: str | None,
+        time_remaining: float | None,
+        carrier: Mapping[str, str] | None,
+    ) -> None:
+        self._plane, self._api, self._method = plane, api, method
+        self._authorization, self._request_id = authorization, request_id
+        self._remaining, self._carrier = time_remaining, carrier
+        self._call: Call | None = None
+
+    async def __aenter__(self) -> Call:
+        plane = self._plane
+        problem = plane.auth_problem(self._authorization)
+        if problem is not None:
+            plane.refused(self._api, self._method, problem)
+            raise CallFailed(Status.UNAUTHENTICATED, problem, None)
+        call = self._call = plane.begin(
+            self._api, self._method, self._request_id, self._remaining, self._carrier
+        )
+        try:
+            plane.admit(call)
+        except NotReady as exc:
+            plane.end(call, exc)
+            raise CallFailed(Status.UNAVAILABLE, str(exc), call.request_id) from None
+        return call
+
+    async def __aexit__(self, kind: type | None, exc: BaseException | None, traceback: object) -> bool:
+        call = self._call
+        outcome = self._plane.end(call, exc)
+        if exc is None or outcome.status is Status.CANCELLED:
+            return False  # success, or the caller is gone: nothing to answer
+        message = str(exc) if isinstance(exc, ServingError) else outcome.message
+        raise CallFailed(outcome.status, message, call.request_id) from exc
+
+
 @dataclass
 class Classified:
     """Results of N items: rows of failed items hold NO_LABEL, zero probabilities and an error."""
@@ -141,11 +209,6 @@ class Classified:
             confidences = confidences.copy()
             confidences[list(self.errors)] = 0.0
         return confidences
-
-
-Item = np.ndarray | bytes | InvalidInput
-"""One image as a front end hands it over: uint8 pixels, encoded bytes to decode, or the
-conversion error the front end already found in it."""
 
 
 class DataPlane:
@@ -197,6 +260,21 @@ class DataPlane:
         self.metrics.auth_failures.labels(method).inc()
         self._record(api, method, Status.UNAUTHENTICATED, 0.0)
         log.info("%s/%s: UNAUTHENTICATED (%s)", api, method, problem)
+
+    # --- the call ---------------------------------------------------------------------------
+
+    def call(
+        self,
+        api: str,
+        method: str,
+        authorization: str | None,
+        request_id: str | None = None,
+        time_remaining: float | None = None,
+        carrier: Mapping[str, str] | None = None,
+    ) -> CallScope:
+        """One call's steps, for ``async with`` (see ``CallScope``); per RPC, or per message of
+        a stream."""
+        return CallScope(self, api, method, authorization, request_id, time_remaining, carrier)
 
     # --- admission ----------------------------------------------------------------------
 
@@ -307,6 +385,12 @@ class DataPlane:
             raise NotReady(NOT_READY)
         return self.store.get(name or MODEL_NAME, version)
 
+    def metadata(self, name: str, version: str = "") -> v2.ModelMetadataResponse:
+        """A model's metadata, as every transport answers it (REST as JSON)."""
+        model = self.model(name, version)
+        parameters = {"preprocessing_version": PREPROCESSING_VERSION}
+        return codec.metadata_response(model.name, self.store.versions(model.name), parameters)
+
     async def classify(self, name: str, version: str, images: np.ndarray) -> Classified:
         """uint8 [N,28,28] → results; any failure fails the whole request."""
         model = self.model(name, version)
@@ -363,21 +447,6 @@ class DataPlane:
     def _deadline() -> float | None:
         call = CURRENT_CALL.get()
         return None if call is None else call.deadline
-
-
-def float_to_pixels(values: np.ndarray, field: str) -> np.ndarray:
-    """[0,1] floats → uint8 pixels; NaN, Inf and out-of-range are InvalidInput naming ``field``."""
-    try:
-        return pixels_from_unit_floats(values)
-    except ValueError as exc:
-        raise InvalidInput(f"{field}: {exc}") from None
-
-
-def check_count(count: int, max_images: int, field: str) -> None:
-    if count == 0:
-        raise InvalidInput(f"{field}: empty batch; expected at least one image")
-    if count > max_images:
-        raise InvalidInput(f"{field}: batch of {count} images; at most {max_images} allowed")
 
 
 def header(metadata: Iterable[tuple[str, str | bytes]] | None, name: str) -> str | None:

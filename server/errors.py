@@ -8,7 +8,15 @@ class ServingError(Exception):
 
 
 class InvalidInput(ServingError):
-    """The request (or one item of it) breaks the wire format or the model contract."""
+    """The request (or one item of it) breaks the wire format or the model contract.
+
+    ``field`` is the path of what is wrong (``inputs[0].shape``), in the words of the
+    request the caller sent: each codec names its own transport's fields.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
 
 
 class ModelNotFound(ServingError):

@@ -1,20 +1,19 @@
-"""gRPC's way into the data plane: one interceptor around every project RPC.
-
-It asks the data plane for the token decision, opens and admits the call, runs the
-servicer (which only converts messages), and turns whatever the call ended with into a
-gRPC status through the data plane's one error table. Health stays open and outside
-admission, so probes answer while the server loads or drains.
+"""gRPC's way into the data plane: one interceptor runs every project RPC inside the data
+plane's call (``async with dataplane.call(...)``) and answers a ``CallFailed`` with its
+gRPC status. Health stays open and outside admission, so probes answer while the server
+loads or drains.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import NoReturn
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from mnist_serving.server import tracing
-from mnist_serving.server.dataplane import REQUEST_ID, Call, DataPlane, Status, header
+from mnist_serving.server.dataplane import REQUEST_ID, CallFailed, CallScope, DataPlane, Status, header
+from mnist_serving.server.errors import InvalidInput
 
 OPEN_SERVICES = ("grpc.health.v1.Health",)
 TRACE_HEADERS = ("traceparent", "tracestate")
@@ -27,7 +26,9 @@ def grpc_code(status: Status) -> grpc.StatusCode:
 
 
 class DataPlaneInterceptor(grpc.aio.ServerInterceptor):
-    """Auth, admission, request ids, status mapping and metrics for every project RPC."""
+    """Every project RPC runs inside the data plane's call (token, admission, request id,
+    metrics, logs, trace, status). Requests are parsed inside it, after the token: a refused
+    call's bytes are never parsed."""
 
     def __init__(self, dataplane: DataPlane) -> None:
         self.dataplane = dataplane
@@ -43,80 +44,76 @@ class DataPlaneInterceptor(grpc.aio.ServerInterceptor):
         service, _, method = (details.method or "").lstrip("/").partition("/")
         if handler is None or service in OPEN_SERVICES:
             return handler
-        api = APIS.get(service, service)
-        problem = self.dataplane.auth_problem(header(details.invocation_metadata, "authorization"))
-        if problem is not None:
-            self.dataplane.refused(api, method, problem)
-            return _denied(handler, problem)
         if service not in APIS:  # reflection: authenticated, not admitted or counted
+            problem = self.dataplane.auth_problem(header(details.invocation_metadata, "authorization"))
+            if problem is not None:
+                self.dataplane.refused(service, method, problem)
+                return _denied(handler, problem)
             return handler
         wrapped = self._wrapped.get(details.method)
         if wrapped is None:
-            wrapped = self._wrapped[details.method] = self._wrap(api, method, handler)
+            wrapped = self._wrapped[details.method] = self._wrap(APIS[service], method, handler)
         return wrapped
 
     def _wrap(self, api: str, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        # No request_deserializer: the bytes are parsed inside the call, once the token holds.
+        serializer = handler.response_serializer
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(api, method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            behavior = self._unary(api, method, handler.unary_unary, handler.request_deserializer)
+            return grpc.unary_unary_rpc_method_handler(behavior, response_serializer=serializer)
         if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                self._stream(api, method, handler.stream_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            behavior = self._stream(api, method, handler.stream_stream, handler.request_deserializer)
+            return grpc.stream_stream_rpc_method_handler(behavior, response_serializer=serializer)
         return handler
 
-    async def _fail(self, call: Call, exc: BaseException, context: grpc.aio.ServicerContext) -> NoReturn:
-        """End the call with the status the data plane's table gives ``exc``, and answer it."""
-        outcome = self.dataplane.end(call, exc)
-        if outcome.status is Status.CANCELLED or isinstance(exc, grpc.aio.AbortError):
-            raise exc  # the caller is gone, or the call was already answered
-        await context.abort(grpc_code(outcome.status), outcome.message)
-
-    def _open(self, api: str, method: str, context: grpc.aio.ServicerContext) -> Call:
+    def _call(self, api: str, method: str, context: grpc.aio.ServicerContext) -> CallScope:
         metadata = context.invocation_metadata()
         carrier = None
         if tracing.enabled():  # the caller's trace context (W3C traceparent, tracestate)
             carrier = {k: v for k, v in metadata or () if k in TRACE_HEADERS and isinstance(v, str)}
-        call = self.dataplane.begin(
-            api, method, header(metadata, REQUEST_ID), context.time_remaining(), carrier
+        return self.dataplane.call(
+            api,
+            method,
+            header(metadata, "authorization"),
+            header(metadata, REQUEST_ID),
+            context.time_remaining(),
+            carrier,
         )
-        context.set_trailing_metadata(((REQUEST_ID, call.request_id),))
-        return call
 
-    def _unary(self, api: str, method: str, behavior: Callable) -> Callable:
-        dataplane = self.dataplane
-
-        async def wrapped(request: object, context: grpc.aio.ServicerContext) -> object:
-            call = self._open(api, method, context)
+    def _unary(self, api: str, method: str, behavior: Callable, parse: Callable) -> Callable:
+        async def wrapped(data: bytes, context: grpc.aio.ServicerContext) -> object:
             try:
-                dataplane.admit(call)
-                response = await behavior(request, context)
-            except BaseException as exc:
-                await self._fail(call, exc, context)
-            dataplane.end(call, None)
-            return response
+                async with self._call(api, method, context) as call:
+                    context.set_trailing_metadata(((REQUEST_ID, call.request_id),))
+                    return await behavior(_parsed(parse, data), context)
+            except CallFailed as failed:
+                await context.abort(grpc_code(failed.status), failed.message)
 
         return wrapped
 
-    def _stream(self, api: str, method: str, behavior: Callable) -> Callable:
-        dataplane = self.dataplane
-
-        async def wrapped(requests: AsyncIterator, context: grpc.aio.ServicerContext) -> AsyncIterator:
-            call = self._open(api, method, context)
+    def _stream(self, api: str, method: str, behavior: Callable, parse: Callable) -> Callable:
+        async def wrapped(messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator:
             try:
-                dataplane.admit(call)
-                async for response in behavior(requests, context):
-                    yield response
-            except BaseException as exc:
-                await self._fail(call, exc, context)
-            dataplane.end(call, None)
+                async with self._call(api, method, context) as call:
+                    context.set_trailing_metadata(((REQUEST_ID, call.request_id),))
+                    async for response in behavior(_parsed_stream(parse, messages), context):
+                        yield response
+            except CallFailed as failed:
+                await context.abort(grpc_code(failed.status), failed.message)
 
         return wrapped
+
+
+def _parsed(parse: Callable[[bytes], object], data: bytes) -> object:
+    try:
+        return parse(data)
+    except DecodeError:
+        raise InvalidInput("not a valid protobuf message for this method", "request") from None
+
+
+async def _parsed_stream(parse: Callable[[bytes], object], messages: AsyncIterator[bytes]) -> AsyncIterator:
+    async for data in messages:
+        yield _parsed(parse, data)
 
 
 def _denied(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:

@@ -109,13 +109,17 @@ def test_fp32_json_and_versions_path(server, mnist, onnx_reference):
         ),
         (
             "/v2/models/mnist/infer",
-            b'{"inputs": [{"name": "image", "shape": [1, 784], "datatype": "UINT8", "data": ["a"]}]}',
+            b'{"inputs": [{"name": "image", "shape": [1, 784], "datatype": "UINT8", "data": ["a"'
+            + b', "a"' * 783
+            + b"]}]}",
             400,
             "inputs[0].data: expected a (nested) list of integers",
         ),
         (
             "/v2/models/mnist/infer",
-            b'{"inputs": [{"name": "image", "shape": [1, 2], "datatype": "UINT8", "data": [1.5, 2]}]}',
+            b'{"inputs": [{"name": "image", "shape": [1, 784], "datatype": "UINT8", "data": [1.5'
+            + b", 2" * 783
+            + b"]}]}",
             400,
             "inputs[0].data: expected a (nested) list of integers",  # never silently cut to 1
         ),

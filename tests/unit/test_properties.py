@@ -11,9 +11,8 @@ from mnist_serving.common.contract import IMAGE_PIXELS, IMAGE_SHAPE, NO_DIGIT_FO
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.server import preprocess
-from mnist_serving.server.classifier_servicer import batch_items, image_item
+from mnist_serving.server.codec import batch_items, image_item, v2_request
 from mnist_serving.server.errors import InvalidInput
-from mnist_serving.server.v2_servicer import decode_infer_request
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -43,7 +42,7 @@ def test_v2_requests_decode_or_are_refused_cleanly(shape, datatype, raw, typed, 
     for output in outputs:
         request.outputs.add(name=output)
     try:
-        images, use_raw, requested = decode_infer_request(request, max_images=1000)
+        images, use_raw, requested = v2_request(request, max_images=1000)
     except InvalidInput as exc:
         assert str(exc).startswith(("inputs", "raw_input_contents", "outputs")), str(exc)
         return
