@@ -15,7 +15,8 @@ from mnist_serving.common.contract import IMAGE_SHAPE
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
 from mnist_serving.server import codec
-from mnist_serving.server.dataplane import Classified, DataPlane, status_of
+from mnist_serving.server.calls import status_of
+from mnist_serving.server.dataplane import Classified, DataPlane
 
 STREAM_WINDOW = 4  # stream messages in flight at once; bounds memory and gives back-pressure
 

@@ -12,7 +12,8 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from mnist_serving.server import tracing
-from mnist_serving.server.dataplane import REQUEST_ID, CallFailed, CallScope, DataPlane, Status, header
+from mnist_serving.server.calls import REQUEST_ID, CallFailed, CallScope, Status, header
+from mnist_serving.server.dataplane import DataPlane
 from mnist_serving.server.errors import InvalidInput
 
 OPEN_SERVICES = ("grpc.health.v1.Health",)

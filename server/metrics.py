@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+from mnist_serving.server.batch_stats import BatchStats, RunTiming
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -38,16 +41,6 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.batch_size = Histogram(
-            "mnist_serving_batch_size",
-            "Images per onnxruntime run.",
-            ["model"],
-            buckets=BATCH_BUCKETS,
-            registry=r,
-        )
-        self.images = Counter(
-            "mnist_serving_images_classified", "Images run through the model.", ["model"], registry=r
-        )
         self.queue_depth = Gauge(
             "mnist_serving_queue_depth", "Requests accepted and not yet answered.", ["model"], registry=r
         )
@@ -74,21 +67,22 @@ class Metrics:
             "mnist_serving_model", "The model version and execution provider serving.", registry=r
         )
 
-    def batch_observer(self, model: str) -> Callable[[int, float, list[float]], None]:
-        """What a model's batcher reports after each run (labelled children looked up once)."""
-        batch_size = self.batch_size.labels(model)
+    def batch_observer(self, model: str) -> Callable[[RunTiming, list[float]], None]:
+        """Time distributions a model's batcher reports after each run (children looked up once);
+        its counts are read from its statistics record (``watch_batchers``)."""
         inference = self.inference.labels(model)
-        images = self.images.labels(model)
         queue_wait = self.queue_wait.labels(model)
 
-        def observe(size: int, seconds: float, waits: list[float]) -> None:
-            batch_size.observe(size)
-            inference.observe(seconds)
-            images.inc(size)
+        def observe(timing: RunTiming, waits: list[float]) -> None:
+            inference.observe(timing.seconds)
             for wait in waits:
                 queue_wait.observe(wait)
 
         return observe
+
+    def watch_batchers(self, source: Callable[[], Iterable[tuple[str, str, BatchStats]]]) -> None:
+        """Images and batch sizes, read at each scrape from every served version's record."""
+        self.registry.register(_BatcherCollector(source))
 
     def serve_http(self, port: int, addr: str = "0.0.0.0", ready: Callable[[], bool] | None = None) -> int:
         """Expose /metrics and /ready; returns the bound port (useful with port 0).
@@ -111,6 +105,35 @@ class Metrics:
         server = make_server(addr.strip("[]"), port, app, server_class, handler_class=_QuietHandler)
         threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
         return server.server_port
+
+
+class _BatcherCollector:
+    def __init__(self, source: Callable[[], Iterable[tuple[str, str, BatchStats]]]) -> None:
+        self.source = source
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        labels = ["model", "version"]
+        images = CounterMetricFamily(
+            "mnist_serving_images_classified", "Images run through the model.", labels=labels
+        )
+        sizes = HistogramMetricFamily(
+            "mnist_serving_batch_size", "Images per onnxruntime run.", labels=labels
+        )
+        try:
+            served = list(self.source())
+        except RuntimeError:  # a reload changed the models while they were listed: list again
+            served = list(self.source())
+        for name, version, stats in served:
+            runs = {size: entry[0] for size, entry in list(stats.runs_by_size.items())}
+            images.add_metric([name, version], sum(size * count for size, count in runs.items()))
+            buckets = [(str(b), sum(c for size, c in runs.items() if size <= b)) for b in BATCH_BUCKETS]
+            buckets.append(("+Inf", sum(runs.values())))
+            sizes.add_metric([name, version], buckets, sum(size * count for size, count in runs.items()))
+        yield images
+        yield sizes
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):

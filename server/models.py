@@ -89,6 +89,7 @@ class ModelStore:
         self.intra_op_threads = intra_op_threads
         self.pinned_version = pinned_version
         self.models: dict[str, dict[int, LoadedModel]] = {}
+        metrics.watch_batchers(lambda: [(m.name, m.version_str, m.batcher.stats) for m in self.all()])
         self.default: dict[str, int] = {}
         self._refused: dict[tuple[str, int], tuple] = {}
 

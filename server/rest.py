@@ -21,7 +21,8 @@ from starlette.routing import Route
 from mnist_serving.common import __version__
 from mnist_serving.common.contract import IMAGE_SHAPE, metadata_document
 from mnist_serving.server import codec, tracing
-from mnist_serving.server.dataplane import REQUEST_ID, CallFailed, CallScope, DataPlane, Status
+from mnist_serving.server.calls import REQUEST_ID, CallFailed, CallScope, Status
+from mnist_serving.server.dataplane import DataPlane
 from mnist_serving.server.errors import InvalidInput
 
 API_V2 = "inference.rest"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -156,24 +157,53 @@ def span(name: str, **attributes: Any) -> Iterator[None]:
         yield
 
 
-def current_context() -> Any:
-    """The current span's context, for the batcher to link its batch to: None when off or
-    when the call is not sampled (then the batcher records nothing for it)."""
+@dataclass
+class RunTrace:
+    """A traced call's times in the batcher, for its ``queue`` and ``inference`` spans, made
+    after the fact: a call cut into chunks spans its first run to its last."""
+
+    caller: Any  # the call's span context, which the batch span links to
+    enqueued_ns: int
+    started_ns: int = 0
+    ended_ns: int = 0
+    images: int = 0  # the largest run it was part of
+    batch: Any = None  # the batch span's context
+
+    def emit(self) -> None:
+        if _tracer is None or not self.started_ns:
+            return
+        from opentelemetry import trace
+
+        queue = _tracer.start_span("queue", start_time=self.enqueued_ns)
+        queue.end(end_time=self.started_ns)
+        links = [trace.Link(self.batch)] if self.batch is not None else []
+        attributes = {"mnist_serving.batch_images": self.images}
+        inference = _tracer.start_span(
+            "inference", start_time=self.started_ns, links=links, attributes=attributes
+        )
+        inference.end(end_time=self.ended_ns)
+
+
+def run_trace() -> RunTrace | None:
+    """A RunTrace for the current call: None when tracing is off or the call is not sampled
+    (then the batcher records nothing for it)."""
     if _tracer is None:
         return None
     from opentelemetry import trace
 
     context = trace.get_current_span().get_span_context()
-    return context if context.is_valid and context.trace_flags.sampled else None
-
-
-def batch_span(images: int, start_ns: int, end_ns: int, callers: list[Any]) -> Any:
-    """One onnxruntime run as a span of its own, linked to every call it served."""
-    if _tracer is None:
+    if not (context.is_valid and context.trace_flags.sampled):
         return None
+    return RunTrace(context, time.time_ns())
+
+
+def batch_ran(traces: list[RunTrace], images: int, start_ns: int, end_ns: int) -> None:
+    """One onnxruntime run as a span of its own, linked to every traced call it served."""
+    if _tracer is None:
+        return
     from opentelemetry import trace
 
-    links = [trace.Link(c) for c in callers if c is not None]
+    links = [trace.Link(t.caller) for t in traces]
     span = _tracer.start_span(
         "batch",
         context=trace.set_span_in_context(trace.INVALID_SPAN),
@@ -182,19 +212,7 @@ def batch_span(images: int, start_ns: int, end_ns: int, callers: list[Any]) -> A
         attributes={"mnist_serving.batch_images": images, "mnist_serving.calls": len(links)},
     )
     span.end(end_time=end_ns)
-    return span.get_span_context()
-
-
-def run_spans(enqueued_ns: int, started_ns: int, ended_ns: int, images: int, batch: Any) -> None:
-    """A call's ``queue`` and ``inference`` spans, after the fact, from the batcher's times."""
-    if _tracer is None or not started_ns:
-        return
-    from opentelemetry import trace
-
-    queue = _tracer.start_span("queue", start_time=enqueued_ns)
-    queue.end(end_time=started_ns)
-    links = [trace.Link(batch)] if batch is not None else []
-    inference = _tracer.start_span(
-        "inference", start_time=started_ns, links=links, attributes={"mnist_serving.batch_images": images}
-    )
-    inference.end(end_time=ended_ns)
+    context = span.get_span_context()
+    for run in traces:
+        run.started_ns = run.started_ns or start_ns
+        run.ended_ns, run.images, run.batch = end_ns, max(run.images, images), context

@@ -189,12 +189,13 @@ def test_expired_and_cancelled_requests_are_dropped_before_inference():
         # Two runs of 64: one running, one handed over; what comes next waits in the queue.
         first = asyncio.ensure_future(batcher.infer(images([1] * 128)))
         await wait_started(model)
-        expiring = asyncio.ensure_future(batcher.infer(images([2]), deadline=time.monotonic() + 0.001))
+        deadline = time.monotonic() + 0.001
+        expiring = asyncio.ensure_future(batcher.infer(images([2]), deadline=deadline))
         cancelled = asyncio.ensure_future(batcher.infer(images([3])))
         kept = asyncio.ensure_future(batcher.infer(images([4])))
         await asyncio.sleep(0)
         cancelled.cancel()
-        while time.monotonic() < batcher._chunks[0].request.deadline:  # let the deadline pass
+        while time.monotonic() < deadline:  # let the deadline pass
             await asyncio.sleep(0)
         model.release(3)
         await first
@@ -323,7 +324,7 @@ def test_a_dead_worker_is_replaced_on_the_next_request():
 
 
 def test_a_failing_observer_costs_no_answer():
-    def observer(size, seconds, waits):
+    def observer(timing, waits):
         raise ValueError("metrics broke")
 
     async def go():

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from mnist_serving.common.contract import NO_LABEL
+from mnist_serving.server.calls import CURRENT_CALL, CallFailed, Status, status_of
 from mnist_serving.server.config import BatchingSettings
-from mnist_serving.server.dataplane import CURRENT_CALL, DataPlane, Status, status_of
+from mnist_serving.server.dataplane import DataPlane
 from mnist_serving.server.errors import (
     DeadlineExpired,
     InvalidInput,
@@ -35,7 +36,8 @@ async def _loaded(plane: DataPlane) -> DataPlane:
 
 
 def _count(plane: DataPlane, method: str, code: str) -> float:
-    return plane.metrics.requests.labels("test", method, code)._value.get()
+    labels = {"api": "test", "method": method, "code": code}
+    return plane.metrics.registry.get_sample_value("mnist_serving_requests_total", labels) or 0.0
 
 
 def test_the_error_table():
@@ -129,6 +131,38 @@ def test_an_unexpected_error_is_internal_with_the_request_id_only(tiny_repositor
     outcome = plane.end(call, RuntimeError("secret detail"))
     assert outcome.status is Status.INTERNAL
     assert "rid-7" in outcome.message and "secret" not in outcome.message
+
+
+def test_the_call_construct_runs_every_step_and_answers_failures_as_call_failed(tiny_repository):
+    """What each transport relies on: a success is counted; a failure leaves as CallFailed with
+    its status, a message safe to show and the request id; a refused token skips the body."""
+
+    async def go():
+        plane = await _loaded(_plane(tiny_repository, [b"s3cret"]))
+        async with plane.call("test", "Classify", "Bearer s3cret", "rid-1", 30) as call:
+            assert CURRENT_CALL.get() is call and plane.inflight == 1
+            await plane.classify("", "", np.stack([digit(3)]))
+        failures = []
+        for authorization, error in (("Bearer s3cret", InvalidInput("bad", "inputs[0].shape")), (None, None)):
+            ran = []
+            try:
+                async with plane.call("test", "Classify", authorization, "rid-2") as call:
+                    ran.append(True)
+                    raise error
+            except CallFailed as failed:
+                failures.append((failed.status, failed.message, failed.request_id, ran))
+        with pytest.raises(asyncio.CancelledError):  # a caller that went away: no answer to give
+            async with plane.call("test", "Classify", "Bearer s3cret"):
+                raise asyncio.CancelledError
+        await plane.store.close()
+        return plane, failures
+
+    plane, failures = asyncio.run(go())
+    assert failures[0] == (Status.INVALID_ARGUMENT, "inputs[0].shape: bad", "rid-2", [True])
+    assert failures[1][0] is Status.UNAUTHENTICATED and failures[1][2] is None and failures[1][3] == []
+    assert _count(plane, "Classify", "OK") == 1 and _count(plane, "Classify", "INVALID_ARGUMENT") == 1
+    assert _count(plane, "Classify", "CANCELLED") == 1 and _count(plane, "Classify", "UNAUTHENTICATED") == 1
+    assert plane.inflight == 0
 
 
 def test_per_item_results_keep_good_items_and_name_bad_ones(tiny_repository):

@@ -35,7 +35,8 @@ def test_loads_serves_and_counts(tiny_repository):
     assert labels.tolist() == [3, 7] and probabilities[0, 3] == 1
     assert store.has_default() and store.versions("mnist") == [1]
     assert metrics.model_loads.labels("mnist", "1", "ok")._value.get() == 1
-    assert metrics.images.labels("mnist")._value.get() == 2  # the batcher's observer
+    labels = {"model": "mnist", "version": "1"}  # read from the batcher's statistics record
+    assert metrics.registry.get_sample_value("mnist_serving_images_classified_total", labels) == 2
 
 
 def test_unknown_names_and_versions_are_not_found(tiny_repository):
