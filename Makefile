@@ -6,7 +6,7 @@ MODELS ?= models
 RUNS ?= runs
 SERVE_ARGS ?=
 
-.PHONY: run model train export serve test compose-test images lint protos bench bench-quick field soak reliability audit clean
+.PHONY: run model train export serve test compose-test images lint protos bench bench-ab bench-quick field soak reliability audit clean
 
 # Main job: environment → data → train (if no run) → export with parity (if no model) → serve.
 run: model
@@ -77,6 +77,11 @@ bench: model $(VENV)/.installed-dev
 	$(BIN)/python bench/rest_bench.py --docs docs/benchmarks.md
 	$(BIN)/python bench/batch_job.py --docs docs/batch.md
 	$(BIN)/python bench/decode_pool.py
+	$(BIN)/python bench/json_parse.py --docs docs/benchmarks.md
+
+# This tree against an earlier commit (BASELINE=<commit>), interleaved rounds; see docs/benchmarks.md.
+bench-ab: model $(VENV)/.installed-dev
+	$(BIN)/python bench/ab.py --baseline $(BASELINE) --docs docs/benchmarks.md
 
 # The field set (photos, prints, pens, scans; bench/field/): regenerate it from its seed, check
 # its hash, and print accuracy per condition for preprocessing v1 and v2 with the published model.

@@ -31,6 +31,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import h2load_run  # noqa: E402
+from docs_block import write_block  # noqa: E402
 from run import Server, free_port, run_v2  # noqa: E402
 
 from mnist_serving.common import model_repository  # noqa: E402
@@ -38,7 +39,6 @@ from mnist_serving.common.contract import MODEL_NAME  # noqa: E402
 from mnist_serving.common.mnist_data import load_mnist  # noqa: E402
 
 PACKAGES = ("common", "train", "export", "server", "client", "protos")
-MARK = "<!-- ab -->"
 
 
 def baseline_tree(commit: str, work: Path) -> Path:
@@ -110,7 +110,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--docs", type=Path, help="write the table into this page (between ab markers)")
+    parser.add_argument("--only", help="comma-separated scenarios: single, batch, rest (default: all)")
     args = parser.parse_args()
+    only = set((args.only or "single,batch,rest").split(","))
     model = model_repository.published_model(ROOT / "models", MODEL_NAME)
     if model is None:
         raise SystemExit("no published model: run `make run` first")
@@ -135,13 +137,16 @@ def main() -> int:
             row = {}
             for s in (a, b):
                 key = "A" if s is a else "B"
-                h2 = h2load_run.run(s.port, single, args.seconds, 16, 4, work / "h2.log")
-                row[f"{key} single c=64"] = h2["requests_per_s"]
-                batch = run_v2(f"127.0.0.1:{s.port}", 4, 256, args.seconds, data)
-                if batch.get("wrong", 0) or batch.get("errors", 0) or "error" in batch:
-                    raise SystemExit(f"{s.name}: batches of 256 had errors or wrong answers: {batch}")
-                row[f"{key} batch256 c=4"] = batch["images_per_s"]
-                row[f"{key} REST 64/call"] = rest_rate(s.http_port, rest, args.seconds)
+                if "single" in only:
+                    h2 = h2load_run.run(s.port, single, args.seconds, 16, 4, work / "h2.log")
+                    row[f"{key} single c=64"] = h2["requests_per_s"]
+                if "batch" in only:
+                    batch = run_v2(f"127.0.0.1:{s.port}", 4, 256, args.seconds, data)
+                    if batch.get("wrong", 0) or batch.get("errors", 0) or "error" in batch:
+                        raise SystemExit(f"{s.name}: batches of 256 had errors or wrong answers: {batch}")
+                    row[f"{key} batch256 c=4"] = batch["images_per_s"]
+                if "rest" in only:
+                    row[f"{key} REST 64/call"] = rest_rate(s.http_port, rest, args.seconds)
             print(f"round {number}: {json.dumps(row)}", flush=True)
             rounds.append(row)
     finally:
@@ -153,7 +158,7 @@ def main() -> int:
     table = report(figures)
     print(table)
     if args.docs:
-        write_docs(args.docs, table)
+        write_block(args.docs, "ab", "## A/B against an earlier commit (`bench/ab.py`)", table)
     return 0
 
 
@@ -174,6 +179,8 @@ def report(figures: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for key, caption, unit in SCENARIOS:
+        if f"A {key}" not in rounds[0]:
+            continue
         ratios = [r[f"B {key}"] / r[f"A {key}"] for r in rounds]
         a = statistics.median(r[f"A {key}"] for r in rounds)
         b = statistics.median(r[f"B {key}"] for r in rounds)
@@ -182,18 +189,6 @@ def report(figures: dict) -> str:
             f"| {caption} | {unit} | {a:,.0f} | {b:,.0f} | {shown} | **{statistics.median(ratios):.2f}** |"
         )
     return "\n".join(lines)
-
-
-def write_docs(page: Path, table: str) -> None:
-    text = page.read_text()
-    block = f"{MARK}\n{table}\n{MARK}"
-    if MARK in text:
-        start = text.index(MARK)
-        end = text.index(MARK, start + len(MARK)) + len(MARK)
-        text = text[:start] + block + text[end:]
-    else:
-        text = text.rstrip() + f"\n\n## A/B against an earlier commit (`bench/ab.py`)\n\n{block}\n"
-    page.write_text(text)
 
 
 if __name__ == "__main__":

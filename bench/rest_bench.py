@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import h2load_run  # noqa: E402
+from docs_block import write_block  # noqa: E402
 from run import Server, free_port, servers  # noqa: E402
 
 from mnist_serving.common import model_repository  # noqa: E402
@@ -220,19 +221,7 @@ def write_docs(docs: Path, figures: dict) -> None:
             figures["tracing"],
         ),
     ]
-    begin, end = "<!-- rest-bench:begin -->", "<!-- rest-bench:end -->"
-    # The page, and the hand-written analysis it is rebuilt from (so a rebuild keeps them).
-    for page in (docs, docs.parent / "benchmarks-analysis.md"):
-        if not page.exists():
-            continue
-        text = page.read_text()
-        if begin not in text:
-            if page != docs:
-                continue
-            text += f"\n## REST and tracing (`bench/rest_bench.py`)\n\n{begin}\n{end}\n"
-        head, _, rest = text.partition(begin)
-        _, _, tail = rest.partition(end)
-        page.write_text(f"{head}{begin}\n" + "\n".join(lines) + f"\n{end}{tail}")
+    write_block(docs, "rest-bench", "## REST and tracing (`bench/rest_bench.py`)", "\n".join(lines))
 
 
 def main() -> int:

@@ -19,11 +19,11 @@ from mnist_serving.server.errors import DeadlineExpired
 class Pending:
     """One accepted request: its future, deadline, and the rows of the chunks answered so far."""
 
-    __slots__ = ("future", "deadline", "images", "results", "remaining", "enqueued", "trace")
+    __slots__ = ("future", "deadline", "results", "remaining", "enqueued", "trace")
 
-    def __init__(self, images: int, chunks: int, deadline: float | None) -> None:
+    def __init__(self, chunks: int, deadline: float | None) -> None:
         self.future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.deadline, self.images = deadline, images
+        self.deadline = deadline
         self.results: list = [None] * chunks
         self.remaining = chunks
         self.enqueued = time.monotonic()
@@ -58,6 +58,7 @@ class ChunkQueue:
         self.max_batch_size, self.stats = max_batch_size, stats
         self._chunks: collections.deque[Chunk] = collections.deque()
         self.images = 0  # queued; changed only by add and _pop
+        self._later = 0  # queued chunks after a request's first; changed only by add and _pop
 
     def __len__(self) -> int:
         return len(self._chunks)
@@ -67,17 +68,27 @@ class ChunkQueue:
 
     def add(self, images: np.ndarray, deadline: float | None) -> Pending:
         step = self.max_batch_size
-        parts = [images[i : i + step] for i in range(0, max(1, len(images)), step)]
-        request = Pending(len(images), len(parts), deadline)
-        position = next((i for i, c in enumerate(self._chunks) if c.index > 0), len(self._chunks))
-        self._chunks.insert(position, Chunk(request, 0, parts[0]))
-        self._chunks.extend(Chunk(request, i, part) for i, part in enumerate(parts[1:], 1))
+        if len(images) <= step:  # the common case: one chunk
+            request = Pending(1, deadline)
+            first, later = Chunk(request, 0, images), []
+        else:
+            parts = [images[i : i + step] for i in range(0, len(images), step)]
+            request = Pending(len(parts), deadline)
+            first = Chunk(request, 0, parts[0])
+            later = [Chunk(request, i, part) for i, part in enumerate(parts[1:], 1)]
+        if self._later:  # ahead of the first chunk that is some request's later one
+            self._chunks.insert(next(i for i, c in enumerate(self._chunks) if c.index > 0), first)
+        else:
+            self._chunks.append(first)
+        self._chunks.extend(later)
         self.images += len(images)
+        self._later += len(later)
         return request
 
     def _pop(self) -> Chunk:
         chunk = self._chunks.popleft()
         self.images -= len(chunk.images)
+        self._later -= chunk.index > 0
         return chunk
 
     def take(self, most_chunks: int) -> list[Chunk]:

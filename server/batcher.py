@@ -45,6 +45,7 @@ class DynamicBatcher:
         self.stats = BatchStats()
         self._queue = ChunkQueue(settings.max_batch_size, self.stats)
         self._pending: set = set()  # requests accepted and not yet answered
+        self._pending_images = 0  # their images: changed only in infer
         self._wakeup = asyncio.Event()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="onnxruntime")
         self._task: asyncio.Task | None = None
@@ -71,26 +72,23 @@ class DynamicBatcher:
         if deadline is not None and time.monotonic() >= deadline:
             self.stats.dropped_expired += 1
             raise DeadlineExpired("deadline expired before the request was queued")
-        waiting = sum(
-            request.images for request in self._pending
-        )  # a request bigger than the limit runs alone
-        if (
-            len(self._pending) >= settings.max_queue
-            or waiting
-            and waiting + len(images) > settings.max_queue_images
-        ):
+        pending, waiting = len(self._pending), self._pending_images
+        # A request bigger than the image limit is taken when nothing waits: it runs alone.
+        if pending >= settings.max_queue or waiting and waiting + len(images) > settings.max_queue_images:
             self.stats.refused_overload += 1
-            held = f"{len(self._pending)} requests, {waiting} images waiting"
+            held = f"{pending} requests, {waiting} images waiting"
             raise Overloaded(f"queue full ({held}; at most {settings.max_queue_images} images); retry later")
         self.start()  # a no-op while the worker lives
         request = self._queue.add(images, deadline)
         self._pending.add(request)
+        self._pending_images += len(images)
         if self._may_hand_over():
             self._wakeup.set()
         try:
             return await request.future
         finally:
             self._pending.discard(request)
+            self._pending_images -= len(images)
             if request.trace is not None:
                 request.trace.emit()
 
@@ -148,11 +146,11 @@ class DynamicBatcher:
                 probabilities, labels, timing = await loop.run_in_executor(
                     self._executor, self._timed_run, images
                 )
-            ends = np.cumsum([len(c.images) for c in batch])[:-1]
-            for chunk, p, lb in zip(
-                batch, np.split(probabilities, ends), np.split(labels, ends), strict=True
-            ):
-                chunk.request.answer(chunk.index, p, lb)
+            offset = 0
+            for chunk in batch:
+                end = offset + len(chunk.images)
+                chunk.request.answer(chunk.index, probabilities[offset:end], labels[offset:end])
+                offset = end
             self._ran(batch, timing)
         except Exception as exc:  # a model failure (or any other) fails every request in the batch
             log.exception("inference failed for a batch of %d chunks", len(batch))
