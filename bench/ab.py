@@ -152,7 +152,10 @@ def main() -> int:
     finally:
         for s in (a, b):
             s.stop()
-    figures = {"baseline": args.baseline, "seconds_per_run": args.seconds, "rounds": rounds}
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
+    tree = head.stdout.strip() + (" with uncommitted changes" if dirty.strip() else "")
+    figures = {"baseline": args.baseline, "tree": tree, "seconds_per_run": args.seconds, "rounds": rounds}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "ab.json").write_text(json.dumps(figures, indent=2))
     table = report(figures)
@@ -172,7 +175,7 @@ SCENARIOS = (
 def report(figures: dict) -> str:
     rounds = figures["rounds"]
     lines = [
-        f"A = `{figures['baseline']}`, B = this tree; {len(rounds)} interleaved rounds of "
+        f"A = `{figures['baseline']}`, B = `{figures['tree']}`; {len(rounds)} interleaved rounds of "
         f"{figures['seconds_per_run']:g} s a run; ratio = B / A within a round.",
         "",
         "| scenario | unit | A (median) | B (median) | ratio per round | median-round ratio |",

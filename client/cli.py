@@ -37,7 +37,14 @@ from tqdm import tqdm
 from mnist_serving.client.backends import LocalBackend, ServerBackend
 from mnist_serving.client.client import DEFAULT_SERVER, Client
 from mnist_serving.client.job import Job, Row, Summary, start_decode_server
-from mnist_serving.client.output import ParquetWriter, ResumeError, Writer, completed, completed_parquet
+from mnist_serving.client.output import (
+    ParquetWriter,
+    Resume,
+    ResumeError,
+    Writer,
+    completed,
+    completed_parquet,
+)
 from mnist_serving.client.results import ClassifyError
 from mnist_serving.client.sources import Chunk, InputError, Inputs, chunks, listed_inputs
 from mnist_serving.common.contract import MODEL_NAME, metadata_document
@@ -207,10 +214,12 @@ def run_classify(args: argparse.Namespace) -> int:
     if args.format == "parquet" and args.output is None:
         raise InputError("--format parquet writes a dataset of part files: give --output DIR")
     first_part = 0
+    resume = Resume()
     if args.resume and args.format == "parquet":
-        done, last, first_part = completed_parquet(args.output)
+        done, last, first_part = completed_parquet(args.output, args.probabilities)
     else:
-        done, last = completed(args.output, args.format) if args.resume else (0, None)
+        resume = completed(args.output, args.format, args.probabilities) if args.resume else resume
+        done, last = resume.rows, resume.last
     labels = _load_labels(args.labels) if args.labels is not None else None
     found = Inputs()
     summary = Summary(skipped=done)
@@ -238,6 +247,9 @@ def run_classify(args: argparse.Namespace) -> int:
 
         def write(rows: list[Row]) -> None:
             nonlocal position
+            if resume.keep_bytes is not None:  # the job is the same: cut the torn last line now
+                out.truncate(resume.keep_bytes)
+                resume.keep_bytes = None
             for row in rows:
                 if labels is not None and position < len(labels):
                     row.truth = int(labels[position])

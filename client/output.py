@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -63,30 +65,94 @@ class ResumeError(ValueError):
     """The existing output does not belong to these inputs (a usage error)."""
 
 
-def completed(path: Path, fmt: str) -> tuple[int, tuple[str, int] | None]:
-    """Complete rows already in ``path`` and the (source, index) of the last; a torn last
-    line (the job was killed mid-write) is cut off the file."""
+@dataclass
+class Resume:
+    """What ``--resume`` keeps of an output: its complete rows, the last one's (source, index),
+    and the bytes they take (a torn last line past them is cut before the first new row)."""
+
+    rows: int = 0
+    last: tuple[str, int] | None = None
+    keep_bytes: int | None = None  # None: the file is kept whole
+
+
+def completed(path: Path, fmt: str, probabilities: bool) -> Resume:
+    """Checks the whole file before anything is changed: a file this tool did not write with
+    these settings (other columns, format or --probabilities) is refused, left as it was."""
     if not path.exists() or path.stat().st_size == 0:
-        return 0, None
+        return Resume()
     data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        with path.open("r+b") as f:
-            f.truncate(end)
-        data = data[:end]
-    text = data.decode("utf-8")
-    if fmt == "csv":
-        rows = list(csv.reader(io.StringIO(text)))
-        if not rows or rows[0][:2] != ["source", "index"]:
-            raise ResumeError(f"{path}: not a CSV written by mnist-classify (no header)")
-        body = rows[1:]
-        return len(body), ((body[-1][0], int(body[-1][1])) if body else None)
-    lines = [line for line in text.splitlines() if line.strip()]
     try:
-        last = json.loads(lines[-1]) if lines else None
-    except json.JSONDecodeError:
-        raise ResumeError(f"{path}: not JSON Lines written by mnist-classify") from None
-    return len(lines), ((last["source"], int(last["index"])) if last else None)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ResumeError(f"{path}: not text; not an output of mnist-classify") from None
+    records = (
+        _csv_records(text, path, probabilities) if fmt == "csv" else _jsonl_records(text, path, probabilities)
+    )
+    rows, last, end = 0, None, 0
+    for row, row_end in records:
+        rows, last, end = rows + 1, row, row_end
+    keep = len(text[:end].encode()) if end < len(text) else None
+    return Resume(rows, last, keep)
+
+
+def _torn(rest: str, quoted: bool = False) -> bool:
+    """Whether ``rest``, what follows the last complete row, is one row cut short by a kill:
+    rows are written whole, so it has no line end, or (CSV) only inside its still-open quotes
+    (a name with a newline in it)."""
+    return "\n" not in rest or (quoted and rest.count('"') % 2 == 1)
+
+
+def _csv_records(text: str, path: Path, probabilities: bool) -> Iterator[tuple[tuple[str, int], int]]:
+    columns = header(probabilities)
+    buffer, ends = io.StringIO(text), []
+
+    def lines() -> Iterator[str]:
+        while line := buffer.readline():
+            ends.append(buffer.tell())
+            yield line
+
+    reader = csv.reader(lines(), strict=True)
+    try:
+        first = next(reader, None)
+    except csv.Error:
+        first = None
+    if first != columns:
+        if first == header(not probabilities):
+            has = "no " if probabilities else ""
+            raise ResumeError(
+                f"{path}: its rows have {has}probabilities; resume with the same --probabilities"
+            )
+        raise ResumeError(f"{path}: not a CSV written by mnist-classify (its header differs)")
+    end = ends[-1]
+    try:
+        for row in reader:
+            if len(row) != len(columns) or not row[1].isdigit():
+                raise csv.Error(f"a row of {len(row)} fields")
+            end = ends[-1]
+            yield (row[0], int(row[1])), end
+    except csv.Error as exc:
+        if not _torn(text[end:], quoted=True):
+            raise ResumeError(f"{path}: not a CSV written by mnist-classify ({exc})") from None
+
+
+def _jsonl_records(text: str, path: Path, probabilities: bool) -> Iterator[tuple[tuple[str, int], int]]:
+    end = 0
+    for number, line in enumerate(text.splitlines(keepends=True), 1):
+        try:
+            entry = json.loads(line)
+            if not (isinstance(entry, dict) and isinstance(entry.get("index"), int) and "source" in entry):
+                raise ValueError("not a row")
+        except ValueError:
+            if line.startswith("{") and _torn(text[end:]):
+                return
+            raise ResumeError(f"{path}: not JSON Lines written by mnist-classify (line {number})") from None
+        if entry.get("error") is None and ("probabilities" in entry) != probabilities:
+            has = "" if "probabilities" in entry else "no "
+            raise ResumeError(
+                f"{path}: its rows have {has}probabilities; resume with the same --probabilities"
+            )
+        end += len(line)
+        yield (str(entry["source"]), entry["index"]), end
 
 
 class ParquetWriter:
@@ -145,19 +211,40 @@ class ParquetWriter:
         self.part += 1
 
 
-def completed_parquet(directory: Path) -> tuple[int, tuple[str, int] | None, int]:
+def completed_parquet(directory: Path, probabilities: bool) -> tuple[int, tuple[str, int] | None, int]:
     """Rows in the complete parts of ``directory``, the last row's name, and the next part's
-    number; parts left half-written by a crash (temporary names) are removed."""
+    number; parts left half-written by a crash (temporary names) are removed, once every part
+    is known to be this tool's with these settings (a foreign directory is left as it was)."""
     if not directory.exists():
         return 0, None, 0
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    numbered = [(p, p.name[len("part-") : -len(".parquet")]) for p in directory.glob("part-*.parquet")]
+    if any(not number.isdigit() for _, number in numbered):
+        raise ResumeError(f"{directory}: holds part files mnist-classify did not write")
+    parts = [p for p, number in sorted(numbered, key=lambda item: int(item[1]))]
+    wanted = [name for name in header(probabilities)]
+    for part in parts:
+        try:
+            names = pq.read_schema(part).names
+        except (OSError, pa.ArrowException) as exc:
+            raise ResumeError(f"{part}: not a Parquet file ({str(exc)[:200]})") from None
+        if names != wanted:
+            has = "no " if probabilities else ""
+            why = (
+                f"its rows have {has}probabilities" if names == header(not probabilities) else "other columns"
+            )
+            raise ResumeError(f"{part}: {why}; not an output of mnist-classify with these settings")
     for leftover in directory.glob(".part-*.parquet.tmp"):
         leftover.unlink()
-    parts = sorted(directory.glob("part-*.parquet"))
     if not parts:
         return 0, None, 0
     rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
     table = pq.read_table(parts[-1], columns=["source", "index"])
     last = table.slice(table.num_rows - 1).to_pylist()[0]
-    return rows, (last["source"], int(last["index"])), len(parts)
+    return (
+        rows,
+        (last["source"], int(last["index"])),
+        int(parts[-1].name[len("part-") : -len(".parquet")]) + 1,
+    )

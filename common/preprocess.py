@@ -35,6 +35,8 @@ from mnist_serving.common.contract import IMAGE_HEIGHT, IMAGE_SHAPE, IMAGE_WIDTH
 PREPROCESSING_VERSION = "2"
 """Bumped whenever the output for some input changes (1: min-max stretch, 2: this pipeline)."""
 
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
+"""The only decoders an image reaches: whatever else Pillow can open (DDS, PSD, ...) is refused."""
 MAX_ENCODED_BYTES = 8 * 1024 * 1024
 MAX_PIXELS = 16 * 1024 * 1024  # per image, checked before decoding
 MAX_SIDE = 8192
@@ -79,7 +81,7 @@ def decode(data: bytes) -> tuple[np.ndarray, int]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(data), formats=FORMATS) as image:
                 width, height = image.size
                 if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE and width * height <= MAX_PIXELS):
                     raise ImageError(
@@ -92,9 +94,11 @@ def decode(data: bytes) -> tuple[np.ndarray, int]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"refused as a decompression bomb ({exc})") from None
     except UnidentifiedImageError:  # Pillow's own message only names an in-memory buffer
-        raise ImageError("cannot decode image (not a recognised image format)") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageError(f"cannot decode image ({type(exc).__name__}: {exc})") from None
+        raise ImageError(
+            f"cannot decode image (not a recognised image format; expected {', '.join(FORMATS)})"
+        ) from None
+    except Exception as exc:  # whatever a decoder raises on hostile bytes is this image's problem
+        raise ImageError(f"cannot decode image ({type(exc).__name__}: {str(exc)[:200]})") from None
     return mnist_style(gray), width * height
 
 

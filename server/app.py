@@ -153,7 +153,7 @@ class MnistServer:
                 ) from None
             print(f"serving metrics on {config.metrics_host}:{self.metrics_port}", flush=True)
         if config.http_port >= 0:
-            front_end = RestFrontEnd(self.dataplane, config.max_request_images, config.max_message_bytes)
+            front_end = RestFrontEnd(self.dataplane, config.max_request_images, config.max_http_body_bytes)
             self.http = http_listener.HttpListener(front_end.app, config, self.reuse_port)
             self.http_port = await self.http.start()
             print(f"serving HTTP on {config.host}:{self.http_port}", flush=True)
@@ -217,8 +217,8 @@ class MnistServer:
                 continue
             previous = self.store.install(model)
             if previous is not None:
-                # Requests already queued on the old version finish there; then it is dropped.
-                task = loop.create_task(previous.batcher.close())
+                # Calls that resolved the old version finish there; then it is dropped.
+                task = loop.create_task(previous.retire())
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from mnist_serving.server import tracing
 from mnist_serving.server.errors import (
+    CallerGone,
     DeadlineExpired,
     InvalidInput,
     ModelNotFound,
@@ -66,6 +67,7 @@ ERROR_STATUS: dict[type[BaseException], Status] = {
     Overloaded: Status.RESOURCE_EXHAUSTED,
     NotReady: Status.UNAVAILABLE,
     DeadlineExpired: Status.DEADLINE_EXCEEDED,
+    CallerGone: Status.CANCELLED,
     asyncio.CancelledError: Status.CANCELLED,
     GeneratorExit: Status.CANCELLED,  # a stream the caller closed
 }
@@ -108,9 +110,10 @@ class CallFailed(Exception):
     """A call that did not succeed, as its transport answers it: status, a message safe to
     show the caller, and the call's request id (None when refused before it had one)."""
 
-    def __init__(self, status: Status, message: str, request_id: str | None) -> None:
+    def __init__(self, status: Status, message: str, request_id: str | None, http: int | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.request_id = status, message, request_id
+        self.http = http or status.http
 
 
 class CallScope:
@@ -164,10 +167,11 @@ class CallScope:
     async def __aexit__(self, kind: type | None, exc: BaseException | None, traceback: object) -> bool:
         call = self._call
         outcome = self._plane.end(call, exc)
-        if exc is None or outcome.status is Status.CANCELLED:
-            return False  # success, or the caller is gone: nothing to answer
-        message = str(exc) if isinstance(exc, ServingError) else outcome.message
-        raise CallFailed(outcome.status, message, call.request_id) from exc
+        if exc is None or outcome.status is Status.CANCELLED and not isinstance(exc, ServingError):
+            return False  # success, or the call was cancelled: nothing to answer
+        if isinstance(exc, ServingError):
+            raise CallFailed(outcome.status, str(exc)[:1000], call.request_id, exc.http_status) from exc
+        raise CallFailed(outcome.status, outcome.message, call.request_id) from exc
 
 
 def header(metadata: Iterable[tuple[str, str | bytes]] | None, name: str) -> str | None:

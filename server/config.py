@@ -123,6 +123,11 @@ class ServerConfig:
         128,
         "Largest gRPC message, each way, in MiB (65,536 raw images are 49 MiB).",
     )
+    max_http_body_mb: int = setting(
+        16,
+        "Largest REST request body in MiB (256 images as FP32 JSON are about 5 MB); "
+        "a larger one is refused with 413 before it is read.",
+    )
     max_concurrent_rpcs: int = setting(
         4096,
         "Calls handled at once; beyond it gRPC answers RESOURCE_EXHAUSTED before any work.",
@@ -209,6 +214,10 @@ class ServerConfig:
     def max_message_bytes(self) -> int:
         return self.max_message_mb * 1024 * 1024
 
+    @property
+    def max_http_body_bytes(self) -> int:
+        return self.max_http_body_mb * 1024 * 1024
+
 
 def _env_name(name: str) -> str:
     return ENV_PREFIX + name.upper()
@@ -279,6 +288,7 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
         "max_request_images",
         "workers",
         "max_message_mb",
+        "max_http_body_mb",
         "max_concurrent_rpcs",
     ):
         if getattr(config, name) < 1:

@@ -185,7 +185,7 @@ class DataPlane:
         elif status is Status.OK:
             message = ""
         else:
-            message = "cancelled by the caller" if status is Status.CANCELLED else str(exc)
+            message = "cancelled by the caller" if status is Status.CANCELLED else str(exc)[:1000]
             log.info(
                 "%s/%s [%s] failed: %s %s",
                 call.api,
@@ -248,10 +248,10 @@ class DataPlane:
 
     async def classify(self, name: str, version: str, images: np.ndarray) -> Classified:
         """uint8 [N,28,28] → results; any failure fails the whole request."""
-        model = self.model(name, version)
-        if tracing.enabled():
-            tracing.annotate(model=model.name, version=model.version_str, images=len(images))
-        probabilities, labels = await model.batcher.infer(images, self._deadline())
+        with self.model(name, version).lease() as model:
+            if tracing.enabled():
+                tracing.annotate(model=model.name, version=model.version_str, images=len(images))
+            probabilities, labels = await model.batcher.infer(images, self._deadline())
         return Classified(model, probabilities, labels, {}, images)
 
     async def classify_items(
@@ -265,7 +265,12 @@ class DataPlane:
 
         ``field(index)`` names an item in error messages, as its front end's request does.
         """
-        model = self.model(name, version)
+        with self.model(name, version).lease() as model:
+            return await self._classify_items(model, items, field)
+
+    async def _classify_items(
+        self, model: LoadedModel, items: Sequence[Item], field: Callable[[int], str]
+    ) -> Classified:
         count = len(items)
         if tracing.enabled():
             tracing.annotate(model=model.name, version=model.version_str, images=count)

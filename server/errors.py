@@ -6,6 +6,8 @@ from __future__ import annotations
 class ServingError(Exception):
     """Base: a message safe to show the caller."""
 
+    http_status: int | None = None  # where HTTP has a status of its own for it (else the table's)
+
 
 class InvalidInput(ServingError):
     """The request (or one item of it) breaks the wire format or the model contract.
@@ -17,6 +19,12 @@ class InvalidInput(ServingError):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(f"{field}: {message}" if field else message)
         self.field = field
+
+
+class BodyTooLarge(InvalidInput):
+    """A REST body over --max-http-body-mb: 413, refused before it is read whole."""
+
+    http_status = 413
 
 
 class ModelNotFound(ServingError):
@@ -33,6 +41,10 @@ class Overloaded(ServingError):
 
 class NotReady(ServingError):
     """No model loaded yet, or the server is draining: retry elsewhere or later."""
+
+
+class CallerGone(ServingError):
+    """The caller went away before the call was answered (a REST client that disconnected)."""
 
 
 class DeadlineExpired(ServingError):

@@ -8,7 +8,11 @@ version or the new one, and requests already queued finish on the version that t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +28,13 @@ from mnist_serving.common.contract import (
 )
 from mnist_serving.server.batcher import DynamicBatcher
 from mnist_serving.server.config import BatchingSettings
-from mnist_serving.server.errors import ModelNotFound, StartupError
+from mnist_serving.server.errors import InvalidInput, ModelNotFound, StartupError
 from mnist_serving.server.metrics import Metrics
 from mnist_serving.server.runner import CPU, OnnxRunner
 
 log = logging.getLogger(__name__)
+
+VERSION = re.compile(r"[1-9][0-9]{0,8}")
 
 
 @dataclass
@@ -37,10 +43,31 @@ class LoadedModel:
     version: int
     runner: OnnxRunner
     batcher: DynamicBatcher
+    users: int = 0  # calls that resolved this version and are not answered yet
+    _released: asyncio.Future | None = None
 
     @property
     def version_str(self) -> str:
         return str(self.version)
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[LoadedModel]:
+        """Held by a call from resolving the version to its last answer: a reload that replaces
+        this version meanwhile retires it only after (``retire``), so no call fails for it."""
+        self.users += 1
+        try:
+            yield self
+        finally:
+            self.users -= 1
+            if self.users == 0 and self._released is not None and not self._released.done():
+                self._released.set_result(None)
+
+    async def retire(self) -> None:
+        """Once no call holds it: finish what its batcher was given, then stop it."""
+        if self.users:
+            self._released = asyncio.get_running_loop().create_future()
+            await self._released
+        await self.batcher.close()
 
     def warm_up(self) -> None:
         """Run each batch-size class once so the first real request is not slow."""
@@ -274,9 +301,13 @@ class ModelStore:
             raise ModelNotFound(f"model_name: '{name[:100]}' is not served; available: {sorted(self.models)}")
         if not version:
             return versions[self.default[name]]
-        if not version.isdigit() or int(version) not in versions:
+        if not VERSION.fullmatch(version):  # "01", "²", "١" and 5,000 digits are not versions
+            raise InvalidInput(
+                f"'{version[:40]}'; expected a version number (1 to 9 ASCII digits)", "model_version"
+            )
+        if int(version) not in versions:
             raise ModelNotFound(
-                f"model_version: '{version[:40]}' of '{name}' is not loaded; "
+                f"model_version: '{version}' of '{name}' is not loaded; "
                 f"loaded: {sorted(str(v) for v in versions)}"
             )
         return versions[int(version)]

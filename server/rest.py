@@ -14,7 +14,7 @@ from importlib import resources
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -23,7 +23,7 @@ from mnist_serving.common.contract import IMAGE_SHAPE, metadata_document
 from mnist_serving.server import codec, tracing
 from mnist_serving.server.calls import REQUEST_ID, CallFailed, CallScope, Status
 from mnist_serving.server.dataplane import DataPlane
-from mnist_serving.server.errors import InvalidInput
+from mnist_serving.server.errors import BodyTooLarge, CallerGone, InvalidInput
 
 API_V2 = "inference.rest"
 API_OWN = "mnist.v1.rest"
@@ -44,7 +44,7 @@ async def _failed(request: Request, failed: Exception) -> Response:
     """A call that did not succeed, in REST's words."""
     assert isinstance(failed, CallFailed)
     headers = {REQUEST_ID: failed.request_id} if failed.request_id else None
-    return _json({"error": failed.message}, failed.status.http, headers)
+    return _json({"error": failed.message}, failed.http, headers)
 
 
 class RestFrontEnd:
@@ -84,13 +84,16 @@ class RestFrontEnd:
         """The body, refused past the message limit before it is all read."""
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise InvalidInput(f"{declared} bytes; at most {self.max_body_bytes}", "request body")
+            raise BodyTooLarge(f"{declared} bytes; at most {self.max_body_bytes}", "request body")
         parts, size = [], 0
-        async for part in request.stream():
-            size += len(part)
-            if size > self.max_body_bytes:
-                raise InvalidInput(f"over {self.max_body_bytes} bytes", "request body")
-            parts.append(part)
+        try:
+            async for part in request.stream():
+                size += len(part)
+                if size > self.max_body_bytes:
+                    raise BodyTooLarge(f"over {self.max_body_bytes} bytes", "request body")
+                parts.append(part)
+        except ClientDisconnect:  # counted CANCELLED, as over gRPC: the caller's doing, not ours
+            raise CallerGone("the client disconnected before its body was read") from None
         return b"".join(parts)
 
     # --- open: health, the page ---------------------------------------------------------------

@@ -84,6 +84,10 @@ class ServerProcess:
                     return seen
         raise RuntimeError(f"server never became SERVING: {seen}")
 
+    def log_text(self) -> str:
+        """What the server has logged so far ('' without a log file)."""
+        return self.log_path.read_text() if self.log_path else ""
+
     def metrics_text(self) -> str:
         import urllib.request
 

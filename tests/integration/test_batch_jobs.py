@@ -254,3 +254,62 @@ def test_parquet_in_and_out(server, tmp_path, mnist):
     code, _, err = classify(*args, "--resume", server=server)
     assert code == 0 and "88 rows written" in err and "512 already" in err, err  # this run's rows
     assert pq.read_table(dataset).to_pydict() == written and not list(dataset.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "args", "words"),
+    [
+        ("notes.csv", b"name,phone\nada,123\nbob,456", (), "not a CSV written by mnist-classify"),
+        ("out.csv", bytes(range(256)) * 4, (), "not text"),
+        (
+            "out.jsonl",
+            b'{"source": "a", "index": 0, "label": 1, "confidence": 0.9}\n[1,2]\n',
+            ("--format", "jsonl"),
+            "not JSON Lines",
+        ),
+        (
+            "out.csv",
+            b"source,index,label,confidence,error\nimages.npy,0,7,0.990000,\n",
+            ("--probabilities",),
+            "no probabilities",
+        ),
+    ],
+)
+def test_resume_refuses_a_file_it_did_not_write_and_leaves_it_byte_identical(
+    server, tmp_path, mnist, name, content, args, words
+):
+    np.save(tmp_path / "images.npy", mnist.x_test[:10])
+    target = tmp_path / name
+    target.write_bytes(content)
+    code, _, err = classify(str(tmp_path / "images.npy"), *args, "-o", str(target), "--resume", server=server)
+    assert code == 2 and words in err and "Traceback" not in err, err
+    assert target.read_bytes() == content
+
+
+def test_resume_of_another_jobs_output_leaves_it_byte_identical(server, tmp_path, mnist):
+    np.save(tmp_path / "a.npy", mnist.x_test[:10])
+    np.save(tmp_path / "b.npy", mnist.x_test[:10])
+    target = tmp_path / "out.csv"
+    code, _, err = classify(str(tmp_path / "a.npy"), "-o", str(target), server=server)
+    assert code == 0, err
+    torn = target.read_bytes()[:-7]  # as a kill leaves it: the last row cut short
+    target.write_bytes(torn)
+    code, _, err = classify(str(tmp_path / "b.npy"), "-o", str(target), "--resume", server=server)
+    assert code == 2 and "not the same job" in err
+    assert target.read_bytes() == torn  # the torn row is cut only once the job is known to be the same
+
+
+def test_a_row_torn_inside_a_quoted_name_with_a_newline_resumes_to_the_whole_output(server, tmp_path, mnist):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for i in range(6):
+        Image.fromarray(255 - mnist.x_test[i]).save(inbox / f"scan {i}\nfrom the desk.png")
+    whole, torn = tmp_path / "whole.csv", tmp_path / "torn.csv"
+    code, _, err = classify(str(inbox), "-o", str(whole), server=server)
+    assert code == 0, err
+    data = whole.read_bytes()
+    cut = data.index(b"\nfrom the desk.png", data.index(b"scan 4")) + 1  # inside row 4's quoted name
+    torn.write_bytes(data[:cut])
+    code, _, err = classify(str(inbox), "-o", str(torn), "--resume", server=server)
+    assert code == 0 and "4 already in the output" in err, err
+    assert torn.read_bytes() == data

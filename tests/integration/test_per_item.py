@@ -155,3 +155,53 @@ def test_a_blank_image_is_no_digit_found_alone_and_in_a_batch(server, mnist):
     assert [(e.index, e.code) for e in response.errors] == [(1, "INVALID_ARGUMENT")]
     assert NO_DIGIT_FOUND in response.errors[0].message
     assert response.labels[0] == mnist.y_test[0] and response.labels[1] == NO_LABEL
+
+
+DATA = __import__("pathlib").Path(__file__).parents[1] / "data"
+
+
+def _dds() -> bytes:
+    """A DirectDraw Surface header (a format Pillow can open, this service does not take)."""
+    import struct
+
+    header = struct.pack("<4sIIIIIII44s", b"DDS ", 124, 0x1007, 28, 28, 0, 0, 0, b"\0" * 44)
+    pixel_format = struct.pack("<II4s20s", 32, 0x4, b"ATI9", b"\0" * 20)  # an unknown FourCC
+    return header + pixel_format + b"\0" * 20 + b"\0" * 784
+
+
+def test_hostile_encodings_are_per_item_errors_over_grpc_rest_and_the_cli(server, mnist, tmp_path):
+    """A DDS named .png and a TIFF whose tags make Pillow raise TypeError: each is its own
+    INVALID_ARGUMENT (400 over REST, an error row in the CLI), never INTERNAL, 500 or a traceback."""
+    import subprocess
+    import urllib.error
+    import urllib.request
+
+    from tests.batch_cli import EXE
+
+    hostile = {"dds.png": _dds(), "mutated.tiff": (DATA / "mutated.tiff").read_bytes()}
+    good = _png(255 - mnist.x_test[0])
+    images = [pb.Image(encoded=good)] + [pb.Image(encoded=b) for b in hostile.values()]
+    with grpc.insecure_channel(server.address) as channel:
+        response = pb_grpc.ClassifierStub(channel).ClassifyBatch(
+            pb.ClassifyBatchRequest(images=images), timeout=60
+        )
+    assert {e.index: e.code for e in response.errors} == {1: "INVALID_ARGUMENT", 2: "INVALID_ARGUMENT"}
+    assert "not a recognised image format" in response.errors[0].message
+    assert response.labels[0] == int(mnist.y_test[0])
+    for blob in hostile.values():
+        request = urllib.request.Request(f"{server.http_url}/v1/classify", data=blob, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=30)
+        assert info.value.code == 400
+    for name, blob in hostile.items():
+        (tmp_path / name).write_bytes(blob)
+    (tmp_path / "good.png").write_bytes(good)
+    done = subprocess.run(
+        [EXE, "--no-progress", str(tmp_path), "--server", server.address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 3 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout.count("cannot decode image") == 2
+    assert server.metric("mnist_serving_requests_total", code="INTERNAL") == 0

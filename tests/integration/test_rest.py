@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -151,6 +152,63 @@ def test_bad_requests_get_a_json_error_naming_the_field(server, path, body, stat
     assert got == status and words in answer["error"], answer
 
 
+GOOD_TENSOR = b'{"name": "image", "shape": [1, 784], "datatype": "UINT8", "data": [' + b"0," * 783 + b"0]}"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "words"),
+    [
+        ("/v2/models/mnist/infer", b"[" * 100_000, "request body: not JSON"),
+        ("/v2/models/mnist/infer", b'{"inputs": [{"data": [' + b"9" * 5000 + b"]}]}", "not JSON"),
+        ("/v2/models/mnist/infer", b'{"parameters": [], "inputs": [' + GOOD_TENSOR + b"]}", "parameters:"),
+        (
+            "/v2/models/mnist/infer",
+            GOOD_TENSOR.replace(b'"name"', b'"parameters": "x", "name"').join([b'{"inputs": [', b"]}"]),
+            "inputs[0].parameters:",
+        ),
+        (
+            "/v2/models/mnist/infer",
+            b'{"outputs": [{"name": "label", "parameters": "x"}], "inputs": [' + GOOD_TENSOR + b"]}",
+            "outputs[0].parameters:",
+        ),
+        ("/v2/models/mnist/infer", b'{"outputs": 5, "inputs": [' + GOOD_TENSOR + b"]}", "outputs:"),
+        ("/v2/models/mnist/versions/%C2%B2/infer", b'{"inputs": [' + GOOD_TENSOR + b"]}", "model_version:"),
+        (
+            "/v2/models/mnist/versions/" + "1" * 5000 + "/infer",
+            b'{"inputs": [' + GOOD_TENSOR + b"]}",
+            "model_version:",
+        ),
+        ("/v2/models/mnist/versions/01/infer", b'{"inputs": [' + GOOD_TENSOR + b"]}", "model_version:"),
+        ("/v2/models/mnist/versions/%D9%A1/infer", b'{"inputs": [' + GOOD_TENSOR + b"]}", "model_version:"),
+    ],
+)
+def test_client_mistakes_are_400_naming_the_field_never_500(server, path, body, words):
+    """What a careless or hostile caller sends is its own mistake: 400, the field, no traceback."""
+    before = server.metric("mnist_serving_requests_total", code="INTERNAL")
+    got, _, answer = http(server.http_url + path, body)
+    assert got == 400 and words in answer["error"], answer
+    assert len(answer["error"]) < 1000  # capped: never the whole body back
+    assert server.metric("mnist_serving_requests_total", code="INTERNAL") == before
+    assert "Traceback" not in server.log_text()[-20000:]
+
+
+def test_a_client_that_disconnects_mid_upload_is_cancelled_not_internal(server):
+    import socket
+
+    labels = {"api": "inference.rest", "method": "ModelInfer"}
+    before = server.metric("mnist_serving_requests_total", code="CANCELLED", **labels)
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as sock:
+            head = "POST /v2/models/mnist/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n"
+            sock.sendall(head.encode() + b'{"inputs": [')
+    internal = server.metric("mnist_serving_requests_total", code="INTERNAL", **labels)
+    deadline = time.monotonic() + 30
+    while server.metric("mnist_serving_requests_total", code="CANCELLED", **labels) < before + 3:
+        assert time.monotonic() < deadline, "the disconnects were never counted"
+        time.sleep(0.05)  # polling another process's metrics
+    assert server.metric("mnist_serving_requests_total", code="INTERNAL", **labels) == internal
+
+
 def test_rest_calls_pass_the_data_plane(server, mnist):
     labels = {"api": "inference.rest", "method": "ModelInfer", "code": "OK"}
     before = server.metric("mnist_serving_requests_total", **labels)
@@ -184,5 +242,41 @@ def test_tokens_as_on_grpc_and_health_stays_open(model_repository, mnist, tmp_pa
         assert status == 200
         assert http(f"{server.http_url}/v2/health/ready")[0] == 200
         assert http(f"{server.http_url}/v2/health/live")[0] == 200
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_read(model_repository, tmp_path):
+    """By its Content-Length before a byte of it is read, or by counting a chunked body."""
+    import http.client
+    import socket
+
+    server = ServerProcess(model_repository, "--max-http-body-mb", "1", log_path=tmp_path / "log")
+    try:
+        with socket.create_connection(("127.0.0.1", server.http_port), timeout=30) as sock:
+            head = f"POST /v2/models/mnist/infer HTTP/1.1\r\nhost: x\r\ncontent-length: {64 * 2**20}\r\n\r\n"
+            sock.sendall(head.encode())  # and nothing of the 64 MB it announces
+            answer = b""
+            while b"}" not in answer and (part := sock.recv(65536)):  # the head, then the JSON error
+                answer += part
+            answer = answer.decode(errors="replace")
+        assert answer.startswith("HTTP/1.1 413") and "at most 1048576" in answer, answer[:300]
+
+        def chunks():
+            for _ in range(40):  # 2.5 MB in 64 KiB chunks, no Content-Length
+                yield b"[" * 65536
+
+        connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+        try:
+            connection.request("POST", "/v2/models/mnist/infer", body=chunks(), encode_chunked=True)
+            response = connection.getresponse()
+            status, text = response.status, response.read().decode()
+        except (BrokenPipeError, ConnectionResetError):  # it may close before the rest is sent
+            status, text = None, ""
+        finally:
+            connection.close()
+        assert status is None or (status == 413 and "over 1048576 bytes" in text), (status, text)
+        refused = server.metric("mnist_serving_requests_total", method="ModelInfer", code="INVALID_ARGUMENT")
+        assert refused == 2  # both bodies refused as too large, neither read whole
     finally:
         assert server.stop() == 0

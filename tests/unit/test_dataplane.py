@@ -2,9 +2,11 @@
 per-item results, against the tiny model."""
 
 import asyncio
+import io
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from mnist_serving.common.contract import NO_LABEL
 from mnist_serving.server.calls import CURRENT_CALL, CallFailed, Status, status_of
@@ -205,3 +207,43 @@ def test_bearer_tokens(tiny_repository):
     assert "missing" in plane.auth_problem(None)
     assert "Bearer <token>" in plane.auth_problem("Basic abc")
     assert plane.auth_problem("Bearer guess") == "invalid bearer token"
+
+
+def test_a_reload_during_a_call_fails_nothing_the_old_version_answers_then_retires(tiny_repository):
+    """A call resolves version 1 and is decoding when version 2 is installed and 1 is retired
+    (what a hot reload does): the call is answered by version 1, which stops only afterwards."""
+    from tests.unit.conftest import publish_tiny
+
+    async def go():
+        plane = await _loaded(_plane(tiny_repository))
+        decoding, go_on = asyncio.Event(), asyncio.Event()
+        decode = plane.decoder.decode
+
+        async def held_decode(*args, **kwargs):
+            decoding.set()
+            await go_on.wait()
+            return await decode(*args, **kwargs)
+
+        plane.decoder.decode = held_decode
+        stroke = np.zeros((28, 28), np.uint8)
+        stroke[6:22, 12:16] = 255  # an MNIST-style stroke: decoded as it is
+        buffer = io.BytesIO()
+        Image.fromarray(stroke).save(buffer, "PNG")
+        blob = buffer.getvalue()
+        call = asyncio.ensure_future(plane.classify_items("", "", [blob, blob, digit(2)]))
+        await decoding.wait()
+        publish_tiny(tiny_repository, "mnist", 2)
+        previous = plane.store.install(plane.store.build("mnist", 2))
+        retiring = asyncio.ensure_future(previous.retire())
+        await asyncio.sleep(0)
+        still_open = not retiring.done()
+        go_on.set()
+        result = await call
+        await retiring
+        after = await plane.classify("", "", np.stack([digit(1)]))
+        await plane.store.close()
+        return still_open, result, after
+
+    still_open, result, after = asyncio.run(go())
+    assert still_open and result.model.version == 1 and result.errors == {}
+    assert result.labels.tolist()[2] == 2 and after.model.version == 2 and after.labels.tolist() == [1]
