@@ -128,6 +128,11 @@ class ServerConfig:
         "Largest REST request body in MiB (256 images as FP32 JSON are about 5 MB); "
         "a larger one is refused with 413 before it is read.",
     )
+    http_header_timeout: float = setting(
+        10.0,
+        "Seconds a REST caller has to send a request's line and headers before 408 and a closed "
+        "connection (heads are also capped at 64 KiB: 431).",
+    )
     max_concurrent_rpcs: int = setting(
         4096,
         "Calls handled at once; beyond it gRPC answers RESOURCE_EXHAUSTED before any work.",
@@ -293,6 +298,8 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
     ):
         if getattr(config, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if config.http_header_timeout <= 0:
+        parser.error("--http-header-timeout must be above 0 seconds")
     if config.max_batch_delay < 0:
         parser.error("--max-batch-delay must be >= 0 microseconds")
     if (config.tls_cert is None) != (config.tls_key is None):

@@ -15,6 +15,8 @@ from mnist_serving.server.batch_stats import BatchStats, RunTiming
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+MAX_THREADS = 64  # connections served at once on the metrics port
+CONNECTION_TIMEOUT = 5.0
 
 
 class Metrics:
@@ -137,7 +139,31 @@ class _BatcherCollector:
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """A thread per connection, at most ``MAX_THREADS`` at once: a connection beyond them is
+    closed at once, and an idle one is dropped after the handler's timeout."""
+
     daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_THREADS)
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _ThreadingServer6(_ThreadingServer):
@@ -145,5 +171,7 @@ class _ThreadingServer6(_ThreadingServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = CONNECTION_TIMEOUT  # seconds a connection may sit idle or send slowly
+
     def log_message(self, format: str, *args: object) -> None:
         """Scrapes and health checks every second would flood the logs."""

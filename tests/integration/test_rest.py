@@ -253,6 +253,7 @@ def test_a_body_over_the_limit_is_413_before_it_is_read(model_repository, tmp_pa
 
     server = ServerProcess(model_repository, "--max-http-body-mb", "1", log_path=tmp_path / "log")
     try:
+        server.wait_serving()
         with socket.create_connection(("127.0.0.1", server.http_port), timeout=30) as sock:
             head = f"POST /v2/models/mnist/infer HTTP/1.1\r\nhost: x\r\ncontent-length: {64 * 2**20}\r\n\r\n"
             sock.sendall(head.encode())  # and nothing of the 64 MB it announces
@@ -280,3 +281,62 @@ def test_a_body_over_the_limit_is_413_before_it_is_read(model_repository, tmp_pa
         assert refused == 2  # both bodies refused as too large, neither read whole
     finally:
         assert server.stop() == 0
+
+
+def test_slow_idle_and_oversized_heads_are_closed_and_grpc_health_stays_quick(model_repository, tmp_path):
+    """200 connections that never finish their headers are closed at the head deadline (408),
+    a head over 64 KiB gets 431, and gRPC health answers at once meanwhile."""
+    import socket
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    server = ServerProcess(model_repository, "--http-header-timeout", "1", log_path=tmp_path / "log")
+    sockets = []
+    try:
+        server.wait_serving()
+        for i in range(200):
+            sock = socket.create_connection(("127.0.0.1", server.http_port), timeout=30)
+            if i % 2:
+                sock.sendall(b"POST /v2/models/mnist/infer HTTP/1.1\r\nhost: x\r\nx-slow: ")  # never ends
+            sockets.append(sock)
+        with grpc.insecure_channel(server.address) as channel:
+            started = time.monotonic()
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            health_seconds = time.monotonic() - started
+        assert health.status == health_pb2.HealthCheckResponse.SERVING and health_seconds < 5
+        for sock in sockets:  # each is closed by the server: recv reads the 408, then the end
+            answer = b""
+            while part := sock.recv(4096):
+                answer += part
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+        with socket.create_connection(("127.0.0.1", server.http_port), timeout=30) as sock:
+            sock.sendall(b"GET /v2 HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 100_000 + b"\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 431")
+        assert http(f"{server.http_url}/v2/health/ready")[0] == 200  # the port still serves
+    finally:
+        for sock in sockets:
+            sock.close()
+        assert server.stop() == 0
+
+
+def test_idle_connections_to_the_metrics_port_are_bounded_and_dropped(server):
+    """300 idle connections: the server's threads stay bounded, each connection is dropped
+    after the handler's timeout, and scrapes answer again."""
+    import os
+    import socket
+
+    def threads() -> int:
+        return len(os.listdir(f"/proc/{server.process.pid}/task"))
+
+    before = threads()
+    sockets = [socket.create_connection(("127.0.0.1", server.metrics_port), timeout=30) for _ in range(300)]
+    try:
+        peak = threads()
+        for sock in sockets:  # every one is closed by the server, at once or after its timeout
+            assert sock.recv(1) == b""
+        assert peak <= before + 70, (before, peak)
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert "mnist_serving_requests_total" in server.metrics_text()
