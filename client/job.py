@@ -23,7 +23,7 @@ import numpy as np
 
 from mnist_serving.client.results import BatchResult
 from mnist_serving.client.sources import STDIN, Chunk
-from mnist_serving.common import preprocess
+from mnist_serving.common import preprocess, processes
 from mnist_serving.common.contract import IMAGE_SHAPE
 
 
@@ -123,6 +123,7 @@ def start_decode_server() -> None:
     fork of this process then happens while gRPC has no calls in flight."""
     from multiprocessing import forkserver
 
+    forkserver.set_forkserver_preload(["mnist_serving.common.forkserver_preload"])
     forkserver.ensure_running()
 
 
@@ -182,7 +183,10 @@ class Job:
         workers = decode_workers if decode_workers > 0 else (os.cpu_count() or 1)
         # Forkserver: workers never inherit the caller's gRPC channels or threads.
         context = multiprocessing.get_context("forkserver")
-        self.decoders = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+        context.set_forkserver_preload(["mnist_serving.common.forkserver_preload"])
+        self.decoders = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=context, initializer=processes.worker_init
+        )
         self.callers = concurrent.futures.ThreadPoolExecutor(self.concurrency, thread_name_prefix="job")
         self.stopping = False
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mnist_serving.common import processes
 from mnist_serving.server import preprocess
 from mnist_serving.server.errors import DeadlineExpired, InvalidInput
 
@@ -46,9 +47,11 @@ def _ready() -> int:
 DECODE_NICENESS = 10
 
 
-def _yield_to_the_event_loop() -> None:
-    """Pool workers run at a lower CPU priority: busy with a big batch they still use every
-    idle core, but the server's event loop (health checks, small calls) runs first."""
+def _worker_init() -> None:
+    """Pool workers die with the server, leave its signals to it, and run at a lower CPU
+    priority: busy with a big batch they still use every idle core, but the server's event
+    loop (health checks, small calls) runs first."""
+    processes.worker_init()
     try:
         os.nice(DECODE_NICENESS)
     except OSError:  # not permitted here: decoding still works, at the same priority
@@ -72,9 +75,11 @@ class DecodePool:
             self._executor = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
             return
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["mnist_serving.server.decode_pool"])
+        context.set_forkserver_preload(
+            ["mnist_serving.common.forkserver_preload", "mnist_serving.server.decode_pool"]
+        )
         self._executor = concurrent.futures.ProcessPoolExecutor(
-            self.workers, mp_context=context, initializer=_yield_to_the_event_loop
+            self.workers, mp_context=context, initializer=_worker_init
         )
         for future in [self._executor.submit(_ready) for _ in range(self.workers * 2)]:
             future.result(timeout=120)
