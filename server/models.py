@@ -28,7 +28,7 @@ from mnist_serving.common.contract import (
 )
 from mnist_serving.server.batcher import DynamicBatcher
 from mnist_serving.server.config import BatchingSettings
-from mnist_serving.server.errors import InvalidInput, ModelNotFound, StartupError
+from mnist_serving.server.errors import ModelNotFound, StartupError
 from mnist_serving.server.metrics import Metrics
 from mnist_serving.server.runner import CPU, OnnxRunner
 
@@ -302,8 +302,8 @@ class ModelStore:
         if not version:
             return versions[self.default[name]]
         if not VERSION.fullmatch(version):  # "01", "²", "١" and 5,000 digits are not versions
-            raise InvalidInput(
-                f"'{version[:40]}'; expected a version number (1 to 9 ASCII digits)", "model_version"
+            raise ModelNotFound(
+                f"model_version: '{version[:40]}' is not a version number (1 to 9 ASCII digits)"
             )
         if int(version) not in versions:
             raise ModelNotFound(

@@ -238,6 +238,8 @@ def _haproxy_env() -> dict:
         "LB_SERVER_NAME": "server",
         "LB_GRPC_PORT": "50051",
         "LB_HTTP_PORT": "8080",
+        "LB_HEAD_TIMEOUT": "1s",
+        "LB_MAX_BODY": "1048576",
     }
 
 
@@ -254,6 +256,38 @@ def test_shipped_haproxy_config_is_valid():
         env=_haproxy_env(),
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@needs_haproxy
+def test_haproxy_refuses_slow_heads_and_announced_large_bodies_itself(tmp_path):
+    """Through the shipped config: a caller that never finishes its headers is closed at the
+    head timeout (408), and a body announced over the cap is refused (413) before a replica
+    sees it."""
+    import socket
+
+    http_port = _free_port()
+    conf = render_haproxy(tmp_path, [], _free_port(), http_port)
+    haproxy = subprocess.Popen([HAPROXY, "-db", "-f", str(conf)], stderr=subprocess.PIPE, env=_haproxy_env())
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                sock = socket.create_connection(("127.0.0.1", http_port), timeout=30)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and haproxy.poll() is None, "haproxy did not listen"
+                time.sleep(0.05)  # polling an external process's port
+        with sock:
+            sock.sendall(b"POST /v2/models/mnist/infer HTTP/1.1\r\nhost: x\r\nx-slow: ")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 408")
+        with socket.create_connection(("127.0.0.1", http_port), timeout=30) as sock:
+            sock.sendall(
+                b"POST /v2/models/mnist/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 2000000\r\n\r\n"
+            )
+            assert sock.recv(4096).startswith(b"HTTP/1.1 413")
+    finally:
+        haproxy.terminate()
+        haproxy.wait(timeout=30)
 
 
 def _ready(replica) -> int:
