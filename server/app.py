@@ -68,7 +68,7 @@ class MnistServer:
             pinned_version=config.model_version,
             inline_max_images=config.inline_max_images,
         )
-        self.decoder = DecodePool(config.decode_workers, config.max_request_pixels)
+        self.decoder = DecodePool(config.decode_workers, config.max_request_pixels, config.max_decode_ms)
         tracing.configure()
         self.dataplane = DataPlane(self.store, self.metrics, security.load_tokens(config), self.decoder)
 
@@ -88,7 +88,12 @@ class MnistServer:
         """Open the port (health NOT_SERVING), then load and warm up, then turn SERVING."""
         self.store.check_repository()
         # Before the port opens: its workers must not be forked from a process running gRPC.
-        await asyncio.get_running_loop().run_in_executor(None, self.decoder.start)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.decoder.start)
+        # A worker that cannot be replaced turns health NOT_SERVING until one can (feeder threads).
+        self.decoder.on_health_change = lambda: loop.call_soon_threadsafe(
+            lambda: loop.create_task(self.publish_readiness())
+        )
         await self.start_transport()
         await self.load_models()
 
@@ -253,8 +258,8 @@ class MnistServer:
         remaining = max(0.0, self.config.grace - (time.monotonic() - started))
         if self.server is not None:
             await self.server.stop(remaining)
-        if self.http is not None:
-            await self.http.stop()
+        if self.http is not None:  # what is left of the grace period, not a second one
+            await self.http.stop(max(0.0, self.config.grace - (time.monotonic() - started)))
         await self.store.close()
         self.decoder.close()
         tracing.shutdown()

@@ -119,6 +119,11 @@ class ServerConfig:
         -1,
         "Processes decoding images off the event loop (-1: cores / --workers; 0: on the event loop).",
     )
+    max_decode_ms: float = setting(
+        500.0,
+        "Most milliseconds one encoded image may take to decode; a decode worker that overruns "
+        "it is stopped and replaced, and the image gets its own INVALID_ARGUMENT.",
+    )
     max_message_mb: int = setting(
         128,
         "Largest gRPC message, each way, in MiB (65,536 raw images are 49 MiB).",
@@ -298,6 +303,8 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
     ):
         if getattr(config, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if config.max_decode_ms <= 0:
+        parser.error("--max-decode-ms must be above 0")
     if config.http_header_timeout <= 0:
         parser.error("--http-header-timeout must be above 0 seconds")
     if config.max_batch_delay < 0:

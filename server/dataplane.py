@@ -93,8 +93,9 @@ class DataPlane:
     # --- readiness: the one source ------------------------------------------------------
 
     def ready(self) -> bool:
-        """Takes calls: the default model is loaded and the server is not draining."""
-        return self.accepting and self.store.has_default()
+        """Takes calls: the default model is loaded, the server is not draining, and encoded
+        images can be decoded (no decode worker is failing to start)."""
+        return self.accepting and self.store.has_default() and self.decoder.healthy()
 
     # --- auth ---------------------------------------------------------------------------
 

@@ -1,22 +1,32 @@
-"""Encoded images decoded off the event loop, in a bounded pool that uses every core.
+"""Encoded images decoded off the event loop, in a pool of processes that heals itself.
 
 Decoding a 400×400 JPEG and preprocessing it takes about a millisecond of CPU, much of it
 holding the GIL (numpy, Pillow's Python parts), so threads would leave the event loop —
-health checks, small calls — waiting behind a big batch. A pool of processes (started by a
-fork server, never forked from a process running gRPC) does the work; the event loop only
+health checks, small calls — waiting behind a big batch. Worker processes (started by a
+fork server, never forked from a process running gRPC) do the work; the event loop only
 hands out chunks, checks the caller's deadline and the request's pixel budget between them,
-and stops handing out when the caller goes away. ``bench/decode_pool.py`` measures threads
-against processes.
+and stops handing out when the caller goes away.
+
+The pool manages its own workers (Python's ProcessPoolExecutor breaks as a whole when one
+worker dies): each worker has a feeder thread here that sends it a chunk and reads its
+answers one image at a time. A worker that dies (the OOM killer, kill -9) is replaced and at
+most the image it was on fails; one that spends more than ``--max-decode-ms`` on an image
+(a decoder bomb) is killed and replaced, and that image gets its own INVALID_ARGUMENT.
+``bench/decode_pool.py`` measures threads against processes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import multiprocessing
 import os
+import queue
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,72 +34,204 @@ from mnist_serving.common import processes
 from mnist_serving.server import preprocess
 from mnist_serving.server.errors import DeadlineExpired, InvalidInput
 
+log = logging.getLogger(__name__)
+
 CHUNK = 16  # images per task: amortises the hand-over without making tasks coarse
-
-
-def decode_chunk(
-    blobs: Sequence[bytes], fields: Sequence[str]
-) -> list[tuple[np.ndarray | InvalidInput, int]]:
-    """Runs in a pool worker: each image decoded on its own (a bad one is its own error)."""
-    out: list[tuple[np.ndarray | InvalidInput, int]] = []
-    for blob, field in zip(blobs, fields, strict=True):
-        try:
-            out.append(preprocess.decode_sized(blob, field))
-        except InvalidInput as exc:
-            out.append((exc, 0))
-    return out
-
-
-def _ready() -> int:
-    return os.getpid()
-
-
 DECODE_NICENESS = 10
+Decoded = tuple[np.ndarray | InvalidInput, int]  # pixels or the image's error; its pixel count
 
 
-def _worker_init() -> None:
-    """Pool workers die with the server, leave its signals to it, and run at a lower CPU
-    priority: busy with a big batch they still use every idle core, but the server's event
-    loop (health checks, small calls) runs first."""
+def decode_chunk(blobs: Sequence[bytes], fields: Sequence[str]) -> list[Decoded]:
+    """Each image decoded on its own (a bad one is its own error)."""
+    return [_decode_one(blob, field) for blob, field in zip(blobs, fields, strict=True)]
+
+
+def _decode_one(blob: bytes, field: str) -> Decoded:
+    try:
+        return preprocess.decode_sized(blob, field)
+    except InvalidInput as exc:
+        return exc, 0
+
+
+def _worker_main(connection: multiprocessing.connection.Connection) -> None:
+    """A worker process: dies with the server, leaves its signals to it, runs at a lower CPU
+    priority (the event loop runs first), and answers each image as soon as it is decoded."""
     processes.worker_init()
     try:
         os.nice(DECODE_NICENESS)
     except OSError:  # not permitted here: decoding still works, at the same priority
         pass
+    while (task := connection.recv()) is not None:
+        blobs, fields = task
+        connection.send(None)  # received: the first image's budget starts now
+        for blob, field_name in zip(blobs, fields, strict=True):
+            connection.send(_decode_one(blob, field_name))
+
+
+@dataclass
+class _Task:
+    blobs: Sequence[bytes]
+    fields: Sequence[str]
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    results: list[Decoded] = field(default_factory=list)
+
+
+class _Worker:
+    """One worker process and the feeder thread that sends it chunks and reads its answers."""
+
+    def __init__(self, pool: DecodePool, number: int) -> None:
+        self.pool, self.number = pool, number
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self.connection: multiprocessing.connection.Connection | None = None
+        self.thread = threading.Thread(target=self._feed, name=f"decode-feeder-{number}", daemon=True)
+
+    def spawn(self) -> None:
+        parent, child = self.pool.context.Pipe()
+        process = self.pool.context.Process(target=_worker_main, args=(child,), daemon=True)
+        process.start()
+        child.close()
+        self.process, self.connection = process, parent
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.join()
+        if self.connection is not None:
+            self.connection.close()
+        self.process = self.connection = None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+    def _feed(self) -> None:
+        while (task := self.pool.tasks.get()) is not None:
+            if task.future.cancelled():
+                continue
+            outcome: list[Decoded] | Exception = task.results
+            try:
+                self._run(task)
+            except Exception as exc:  # never leave a caller waiting on a feeder that broke
+                log.exception("decode worker %d: feeding failed", self.number)
+                outcome = exc
+            try:
+                task.loop.call_soon_threadsafe(_settle, task.future, outcome)
+            except RuntimeError:  # the caller's event loop has closed: nobody waits
+                pass
+        self.kill()
+
+    def _run(self, task: _Task) -> None:
+        """Decode every image of the task, replacing the worker as often as it dies or overruns.
+        An image is blamed only for what happens while the worker is on it: a worker found dead
+        before it took the chunk is replaced and the chunk handed over again."""
+        budget = self.pool.decode_seconds
+        handovers = 0
+        while len(task.results) < len(task.blobs) and not task.future.cancelled():
+            if not self.alive():
+                self.kill()
+                self.pool.spawn(self)
+            done, taken = len(task.results), False
+            try:
+                self.connection.send((task.blobs[done:], task.fields[done:]))
+                if not self.connection.poll(max(budget, 5.0)):  # the chunk's hand-over
+                    raise TimeoutError
+                self.connection.recv()
+                taken = True
+                while len(task.results) < len(task.blobs):
+                    if not self.connection.poll(budget):
+                        raise TimeoutError
+                    task.results.append(self.connection.recv())
+            except TimeoutError:
+                self._blame(task, f"took longer than {budget * 1e3:g} ms to decode")
+            except (EOFError, OSError):  # the worker died (killed, or the decoder crashed it)
+                handovers += not taken
+                if taken or handovers > 3:
+                    self._blame(task, "the decoder stopped on this image")
+                else:
+                    log.warning("decode worker %d was found dead; replaced", self.number)
+                    self.kill()
+
+    def _blame(self, task: _Task, why: str) -> None:
+        """The image the worker is on fails on its own; the worker is stopped and replaced."""
+        field_name = task.fields[len(task.results)]
+        log.warning("decode worker %d: %s: %s; replaced", self.number, field_name, why)
+        task.results.append((InvalidInput(why, field_name), 0))
+        self.kill()
+
+
+def _settle(future: asyncio.Future, value: object) -> None:
+    if future.done():
+        return
+    if isinstance(value, BaseException):
+        future.set_exception(value)
+    else:
+        future.set_result(value)
 
 
 class DecodePool:
-    """``workers`` processes (or threads, ``kind="thread"``); 0 workers decodes inline."""
+    """``workers`` processes that heal themselves; 0 workers decodes inline (tests, tools)."""
 
-    def __init__(self, workers: int, pixel_budget: int, kind: str = "process") -> None:
-        self.workers = workers
+    def __init__(
+        self, workers: int, pixel_budget: int, decode_ms: float = 500.0, kind: str = "process"
+    ) -> None:
+        """``kind="thread"``: threads instead of processes (what ``bench/decode_pool.py`` compares)."""
+        self.workers, self.kind = workers, kind
         self.pixel_budget = pixel_budget
-        self.kind = kind
-        self._executor: concurrent.futures.Executor | None = None
+        self.decode_seconds = decode_ms / 1e3
+        self.tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
+        self.context = multiprocessing.get_context("forkserver")
+        self.on_health_change: Callable[[], None] | None = None
+        self._workers: list[_Worker] = []
+        self._spawn_failing = False
 
     def start(self) -> None:
-        """Create the workers and have each import the decoder now, not on the first request."""
+        """Start the fork server and the workers now, not on the first request."""
         if self.workers <= 0:
             return
         if self.kind == "thread":
-            self._executor = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
+            self._threads = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
             return
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(
+        self.context.set_forkserver_preload(
             ["mnist_serving.common.forkserver_preload", "mnist_serving.server.decode_pool"]
         )
-        self._executor = concurrent.futures.ProcessPoolExecutor(
-            self.workers, mp_context=context, initializer=_worker_init
-        )
-        for future in [self._executor.submit(_ready) for _ in range(self.workers * 2)]:
-            future.result(timeout=120)
+        for number in range(self.workers):
+            worker = _Worker(self, number)
+            worker.spawn()
+            worker.thread.start()
+            self._workers.append(worker)
+
+    def spawn(self, worker: _Worker) -> None:
+        """Replace a worker; while none can be started, the pool is not healthy."""
+        while True:
+            try:
+                worker.spawn()
+            except Exception:
+                log.exception("decode worker %d cannot be started; retrying", worker.number)
+                self._set_failing(True)
+                time.sleep(1.0)
+                continue
+            self._set_failing(False)
+            return
+
+    def _set_failing(self, failing: bool) -> None:
+        if failing != self._spawn_failing:
+            self._spawn_failing = failing
+            if self.on_health_change is not None:
+                self.on_health_change()
+
+    def healthy(self) -> bool:
+        """Encoded images can be decoded: no worker is failing to start."""
+        return not self._spawn_failing
+
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers if w.process is not None and w.process.pid]
 
     async def decode(
         self, blobs: Sequence[bytes], fields: Sequence[str], deadline: float | None = None
     ) -> list[np.ndarray | InvalidInput]:
         """Each blob → uint8 [28,28] or its InvalidInput, in order. The whole request fails
         (InvalidInput) once its images add up to more than the pixel budget."""
-        if self._executor is None:
+        if self.workers <= 0:
             return self._inline(blobs, fields)
         loop = asyncio.get_running_loop()
         results: list[np.ndarray | InvalidInput | None] = [None] * len(blobs)
@@ -103,8 +245,12 @@ class DecodePool:
                     if deadline is not None and time.monotonic() >= deadline:
                         raise DeadlineExpired("deadline expired while decoding images")
                     start = starts.pop(0)
-                    part = slice(start, start + CHUNK)
-                    future = loop.run_in_executor(self._executor, decode_chunk, blobs[part], fields[part])
+                    part, names = blobs[start : start + CHUNK], fields[start : start + CHUNK]
+                    if self.kind == "thread":
+                        future = loop.run_in_executor(self._threads, decode_chunk, part, names)
+                    else:
+                        future = loop.create_future()
+                        self.tasks.put(_Task(part, names, future, loop))
                     pending[future] = start
                 done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for future in done:
@@ -135,6 +281,11 @@ class DecodePool:
             )
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+        """Stop every worker once the chunks already handed out are done."""
+        if self.kind == "thread" and self.workers > 0:
+            self._threads.shutdown(wait=True, cancel_futures=True)
+        for _ in self._workers:
+            self.tasks.put(None)
+        for worker in self._workers:
+            worker.thread.join()
+        self._workers = []

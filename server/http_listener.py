@@ -189,10 +189,12 @@ class HttpListener:
         self._ticks = asyncio.get_running_loop().create_task(self.server.main_loop(), name="http-ticks")
         return self._socket.getsockname()[1]
 
-    async def stop(self) -> None:
-        """Close the port and let open responses finish (within the grace period)."""
+    async def stop(self, timeout: float = 0.0) -> None:
+        """Close the port and let open responses finish within ``timeout`` seconds (what is
+        left of the grace period: a stalled upload never extends the shutdown)."""
         if self.server is None:
             return
+        self.server.config.timeout_graceful_shutdown = timeout
         self.server.should_exit = True
         if self._ticks is not None:
             await self._ticks

@@ -238,3 +238,51 @@ def test_token_refusals_hold_under_load(model_repository, mnist, tmp_path):
     assert {code for good, code in outcomes if good} == {"OK"}
     assert {code for good, code in outcomes if not good} == {"UNAUTHENTICATED"}
     assert json.dumps(outcomes).count("UNAUTHENTICATED") == 400
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(stat[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_the_decode_pool_heals_after_every_child_is_killed(model_repository, mnist, tmp_path):
+    """As the OOM killer would: kill -9 of every process the server started (the decode
+    workers and their fork server). Encoded images are decoded again at once; none fails."""
+    import io
+
+    from PIL import Image
+
+    server = ServerProcess(model_repository, "--decode-workers", "1", log_path=tmp_path / "log")
+    try:
+        server.wait_serving()
+        buffer = io.BytesIO()
+        Image.fromarray(255 - mnist.x_test[0]).save(buffer, "PNG")
+        image = pb.Image(encoded=buffer.getvalue())
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.ClassifierStub(channel)
+            assert stub.Classify(pb.ClassifyRequest(image=image), timeout=30).prediction.label == 7
+            victims = _descendants(server.process.pid)
+            assert victims, "no decode processes to kill"
+            for pid in victims:
+                os.kill(pid, signal.SIGKILL)
+            for pid in victims:
+                _wait_gone(pid)
+            batch = pb.ClassifyBatchRequest(images=[image] * 20)
+            for _ in range(5):
+                response = stub.ClassifyBatch(batch, timeout=60)
+                assert not response.errors and set(response.labels) == {7}
+        assert "ready" in server.log_text() and _descendants(server.process.pid)
+    finally:
+        assert server.stop() == 0

@@ -60,3 +60,53 @@ def test_an_expired_deadline_stops_handing_out_work():
             asyncio.run(pool.decode(BLOBS * 5, FIELDS * 5, deadline=time.monotonic()))
     finally:
         pool.close()
+
+
+def _big_png(side: int = 4000) -> bytes:
+    """A legitimate but large image (a smooth page, small on disk): tens of ms to decode."""
+    ramp = np.linspace(120, 240, side, dtype=np.float32)
+    page = (ramp[None, :] * ramp[:, None] / 240).astype(np.uint8)
+    page[side // 4 : 3 * side // 4, side // 2 - 40 : side // 2 + 40] = 10
+    buffer = io.BytesIO()
+    Image.fromarray(page).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_killed_worker_is_replaced_and_the_pool_goes_on():
+    """As the OOM killer would: every worker killed with -9 between calls; the next call is
+    answered in full by their replacements."""
+    import os
+    import signal
+
+    pool = DecodePool(2, pixel_budget=10**9)
+    pool.start()
+    try:
+        before = pool.pids()
+        for pid in before:
+            os.kill(pid, signal.SIGKILL)
+        results = asyncio.run(pool.decode(BLOBS, FIELDS))
+        after = pool.pids()
+    finally:
+        pool.close()
+    assert all(isinstance(r, np.ndarray) for r in results[:-1]) and isinstance(results[-1], InvalidInput)
+    assert len(after) == 2 and not set(after) & set(before)
+
+
+def test_an_image_over_the_decode_budget_fails_alone_and_its_worker_is_replaced():
+    small = io.BytesIO()
+    stroke = np.zeros((28, 28), np.uint8)
+    stroke[6:22, 12:16] = 255
+    Image.fromarray(stroke).save(small, format="PNG")  # a tenth of a millisecond to decode
+    pool = DecodePool(1, pixel_budget=10**12, decode_ms=30)
+    pool.start()
+    try:
+        before = pool.pids()
+        blobs = [_big_png(), small.getvalue()]  # the big one takes about 100 ms
+        results = asyncio.run(pool.decode(blobs, ["images[0].encoded", "images[1].encoded"]))
+        after = pool.pids()
+    finally:
+        pool.close()
+    assert isinstance(results[0], InvalidInput) and "took longer than 30 ms" in str(results[0])
+    assert str(results[0]).startswith("images[0].encoded")
+    assert np.array_equal(results[1], stroke)
+    assert after != before  # the overrunning worker was stopped and replaced
