@@ -46,7 +46,7 @@ from mnist_serving.client.output import (
     completed_parquet,
 )
 from mnist_serving.client.results import ClassifyError
-from mnist_serving.client.sources import Chunk, InputError, Inputs, chunks, listed_inputs
+from mnist_serving.client.sources import Chunk, InputError, Inputs, TableColumns, chunks, listed_inputs
 from mnist_serving.common.contract import MODEL_NAME, metadata_document
 from mnist_serving.common.idx import IdxError, read_idx
 from mnist_serving.common.preprocess import PREPROCESSING_VERSION
@@ -113,6 +113,16 @@ def classify_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", "-o", type=Path, help="write results here instead of stdout")
     parser.add_argument(
         "--part-rows", type=int, default=65536, help="rows per Parquet part file (--format parquet)"
+    )
+    parser.add_argument(
+        "--image-column",
+        help="Parquet input: the column of encoded images or 784 pixels (default: 'image', "
+        "or the one column that can hold images)",
+    )
+    parser.add_argument(
+        "--label-column",
+        help="Parquet input: the column of true labels, for the summary's accuracy "
+        "(default: 'label', where there is one)",
     )
     parser.add_argument(
         "--resume",
@@ -230,7 +240,9 @@ def run_classify(args: argparse.Namespace) -> int:
         backend, server_decode = _backend(args, stack)
         job = _engine(args, backend, server_decode)
         stack.callback(job.close)
-        stream = chunks(listed_inputs(args.inputs, args.files_from), args.batch_size, found, _arrays(args))
+        columns = TableColumns(args.image_column, args.label_column or "label", args.label_column is not None)
+        inputs = listed_inputs(args.inputs, args.files_from)
+        stream = chunks(inputs, args.batch_size, found, _arrays(args), columns)
         stream = _skip(stream, done, last)
         if args.format == "parquet":
             if not args.resume and args.output.exists() and any(args.output.glob("part-*.parquet")):

@@ -163,7 +163,7 @@ def classify_chunk(backend: Backend, chunk: Chunk, prepared: Prepared) -> list[R
     ordered = [rows[i] for i in range(len(chunk))]
     if chunk.labels is not None:
         for row, truth in zip(ordered, chunk.labels, strict=True):
-            row.truth = int(truth)
+            row.truth = int(truth) if truth >= 0 else None  # -1: a null label, no label
     return ordered
 
 

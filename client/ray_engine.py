@@ -17,6 +17,7 @@ filesystem or a copy); the inputs' bytes then never pass through the driver.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -46,6 +47,7 @@ class BackendSpec:
     model: str = ""
     version: str = ""
     client: dict[str, Any] = field(default_factory=dict)  # Client(**client) when no repository
+    token_ref: Any = None  # the bearer token in Ray's object store: never an argument Ray shows
 
     def __post_init__(self) -> None:
         # Actors on other nodes run in other directories: files are named absolutely.
@@ -57,7 +59,23 @@ class BackendSpec:
     def build(self) -> Backend:
         if self.repository is not None:
             return LocalBackend(self.repository, self.probabilities, self.model, self.version)
-        return ServerBackend(Client(**self.client), self.probabilities, self.model, self.version)
+        client = dict(self.client)
+        if self.token_ref is not None:
+            import ray
+
+            client["token"] = ray.get(self.token_ref)
+        return ServerBackend(Client(**client), self.probabilities, self.model, self.version)
+
+    def without_secrets(self) -> BackendSpec:
+        """The spec to hand to actors: the token goes by reference (Ray's dashboard lists actor
+        arguments), fetched by each actor from the object store."""
+        token = self.client.get("token")
+        if token is None:
+            return self
+        import ray
+
+        client = {k: v for k, v in self.client.items() if k != "token"}
+        return dataclasses.replace(self, client=client, token_ref=ray.put(token))
 
 
 class ChunkClassifier:
@@ -147,7 +165,7 @@ class RayEngine:
         # unlike the tasks' keep Ray from fusing decoding into the actors.
         return dataset.map(
             ChunkClassifier,
-            fn_constructor_args=(self.spec,),
+            fn_constructor_args=(self.spec.without_secrets(),),
             compute=ray.data.ActorPoolStrategy(size=self.actors),
             num_cpus=ACTOR_CPUS,
         )

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -92,6 +93,10 @@ def _as_images(array: np.ndarray, source: str) -> np.ndarray:
 def _uint8(rows: np.ndarray, source: str) -> np.ndarray:
     if rows.dtype == np.uint8:
         return np.ascontiguousarray(rows)
+    if rows.dtype.kind in "iu":  # integer pixels (what pyarrow makes of Python ints)
+        if rows.size and (rows.min() < 0 or rows.max() > 255):
+            raise InputError(f"{source}: integer pixels outside 0..255")
+        return rows.astype(np.uint8)
     try:
         return pixels_from_unit_floats(np.asarray(rows))
     except ValueError as exc:
@@ -139,10 +144,53 @@ def _array_file(path: Path) -> tuple[np.ndarray, np.ndarray | None] | None:
     return None
 
 
-def _parquet_chunks(path: Path, batch_size: int) -> Iterator[Chunk]:
+@dataclass(frozen=True)
+class TableColumns:
+    """Which columns of a table hold the images and the labels (``--image-column``,
+    ``--label-column``); an image column left unnamed is ``image``, or the one column that
+    can hold images."""
+
+    image: str | None = None
+    label: str = "label"
+    label_named: bool = False  # --label-column given: a table without it is a mistake
+
+
+def _image_kind(pa: Any, dtype: Any) -> str | None:
+    if pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype):
+        return "bytes"
+    if pa.types.is_struct(dtype) and dtype.get_field_index("bytes") >= 0:
+        return "struct"  # as Hugging Face datasets store images
+    if pa.types.is_list(dtype) or pa.types.is_fixed_size_list(dtype) or pa.types.is_large_list(dtype):
+        return "pixels"
+    return None
+
+
+def _image_column(pa: Any, schema: Any, wanted: str | None, path: Path) -> tuple[str, str]:
+    kinds = {n: k for n in schema.names if (k := _image_kind(pa, schema.field(n).type)) is not None}
+    if wanted is not None:
+        if wanted not in schema.names:
+            raise InputError(
+                f"{path}: no column '{wanted}' (--image-column); its columns: {schema.names[:20]}"
+            )
+        if wanted not in kinds:
+            raise InputError(f"{path}: column '{wanted}' holds neither encoded images (bytes) nor 784 pixels")
+        return wanted, kinds[wanted]
+    if "image" in kinds:
+        return "image", kinds["image"]
+    if len(kinds) == 1:
+        return next(iter(kinds.items()))
+    if not kinds:
+        raise InputError(f"{path}: no column of encoded images (bytes) or of 784 pixels")
+    raise InputError(
+        f"{path}: columns {list(kinds)[:20]} could each hold the images; name one with --image-column"
+    )
+
+
+def _parquet_chunks(path: Path, batch_size: int, columns: TableColumns) -> Iterator[Chunk]:
     """A Parquet file, a record batch at a time: a bytes column of encoded images (or a struct
-    with a ``bytes`` field, as Hugging Face datasets store images), or a 784-pixel list column;
-    a ``label`` column, if there is one, gives the truth."""
+    with a ``bytes`` field), or a list column of 784 pixels (uint8, integers in 0..255, or
+    floats in [0, 1]); the label column, where there is one, gives the truth (a null label is
+    no label)."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -153,32 +201,27 @@ def _parquet_chunks(path: Path, batch_size: int) -> Iterator[Chunk]:
     try:
         table = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
-        raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
+        raise InputError(f"{path}: not a readable Parquet file ({str(exc)[:200]})") from None
     schema = table.schema_arrow
-    column, kind = None, None
-    for name in schema.names:
-        dtype = schema.field(name).type
-        if pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype):
-            column, kind = name, "bytes"
-        elif pa.types.is_struct(dtype) and dtype.get_field_index("bytes") >= 0:
-            column, kind = name, "struct"
-        elif pa.types.is_list(dtype) or pa.types.is_fixed_size_list(dtype) or pa.types.is_large_list(dtype):
-            column, kind = name, "pixels"
-        if column is not None:
-            break
-    if column is None:
-        raise InputError(f"{path}: no column of encoded images (bytes) or of 784 pixels")
-    columns = [column] + (["label"] if "label" in schema.names else [])
+    column, kind = _image_column(pa, schema, columns.image, path)
+    if columns.label_named and columns.label not in schema.names:
+        raise InputError(f"{path}: no column '{columns.label}' (--label-column)")
+    wanted = [column] + ([columns.label] if columns.label in schema.names and columns.label != column else [])
     start = 0
-    for batch in table.iter_batches(batch_size=batch_size, columns=columns):
+    for batch in table.iter_batches(batch_size=batch_size, columns=wanted):
         data = batch.column(0)
-        labels = batch.column(1).to_numpy(zero_copy_only=False) if len(columns) > 1 else None
+        labels = None
+        if len(wanted) > 1:
+            truth = batch.column(1)
+            if not pa.types.is_integer(truth.type):
+                raise InputError(f"{path}: column '{columns.label}' holds {truth.type}, not integer labels")
+            labels = np.asarray(truth.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
         source = str(path)
         if kind == "pixels":
             pixels = np.asarray(data.flatten().to_numpy(zero_copy_only=False))
             if pixels.size != len(batch) * IMAGE_PIXELS:
                 raise InputError(f"{path}: column '{column}' rows are not {IMAGE_PIXELS} pixels each")
-            images = _uint8(pixels.reshape(len(batch), *IMAGE_SHAPE), source)
+            images = _uint8(pixels.reshape(len(batch), *IMAGE_SHAPE), f"{path}: column '{column}'")
             yield Chunk(source=source, start=start, array=images, labels=labels)
         else:
             values = data.field("bytes") if kind == "struct" else data
@@ -231,6 +274,7 @@ def chunks(
     batch_size: int,
     found: Inputs,
     arrays: Iterable[tuple[str, np.ndarray, np.ndarray | None]] = (),
+    table_columns: TableColumns = TableColumns(),
 ) -> Iterator[Chunk]:
     """Every input, in order, as chunks of at most ``batch_size`` rows of one kind."""
     files: list[Path] = []
@@ -273,7 +317,7 @@ def chunks(
             paths = _walk(path, found)
         elif path.is_file() and path.suffix.lower() == ".parquet":
             yield from flush()
-            yield from _parquet_chunks(path, batch_size)
+            yield from _parquet_chunks(path, batch_size, table_columns)
             continue
         elif path.is_file():
             paths = iter([path]) if path.suffix.lower() in IMAGE_SUFFIXES else None

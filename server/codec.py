@@ -221,10 +221,32 @@ def json_request(
             raise InvalidInput(f"'{header_length[:40]}' is not a byte count", HEADER_LENGTH) from None
         if not 0 < length <= len(body):
             raise InvalidInput(f"{length}; the body has {len(body)} bytes", HEADER_LENGTH)
+    header = parse_json(body[:length])
+    tensor, count, datatype, requested = json_header(header, max_images)
+    shape = tensor["shape"]
+    size = _parameters(tensor, "inputs[0].parameters").get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or length + size > len(body):
+            raise InvalidInput(f"{size}; beyond the body", "inputs[0].parameters.binary_data_size")
+        data: bytes | np.ndarray = body[length : length + size]
+        field = "inputs[0] binary data"
+    elif "data" in tensor:
+        data, field = _json_numbers(tensor["data"], datatype, count, shape), "inputs[0].data"
+    else:
+        raise InvalidInput("no 'data' and no parameters.binary_data_size", "inputs[0]")
+    return tensor_images(datatype, count, data, shape, field), header, requested
+
+
+def parse_json(text: bytes) -> Any:
     try:
-        header = orjson.loads(body[:length])
+        return orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"not JSON ({str(exc)[:200]})", "request body") from None
+
+
+def json_header(header: object, max_images: int) -> tuple[dict, int, str, tuple[str, ...]]:
+    """A v2 JSON request's checks, all but its data: (the input tensor, its image count, its
+    datatype, the output names to return)."""
     _object(header, "request body", "a JSON object with 'inputs'")
     inputs = header.get("inputs")
     if not isinstance(inputs, list):
@@ -249,17 +271,7 @@ def json_request(
     requested = requested_outputs([str(o.get("name", "")) for o in outputs if isinstance(o, dict)])
     datatype = str(tensor.get("datatype", ""))
     check_datatype(datatype)
-    size = _parameters(tensor, "inputs[0].parameters").get("binary_data_size")
-    if size is not None:
-        if not isinstance(size, int) or size < 0 or length + size > len(body):
-            raise InvalidInput(f"{size}; beyond the body", "inputs[0].parameters.binary_data_size")
-        data: bytes | np.ndarray = body[length : length + size]
-        field = "inputs[0] binary data"
-    elif "data" in tensor:
-        data, field = _json_numbers(tensor["data"], datatype, count, shape), "inputs[0].data"
-    else:
-        raise InvalidInput("no 'data' and no parameters.binary_data_size", "inputs[0]")
-    return tensor_images(datatype, count, data, shape, field), header, requested
+    return tensor, count, datatype, requested
 
 
 def _json_numbers(data: object, datatype: str, count: int, shape: list[int]) -> np.ndarray:

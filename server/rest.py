@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from mnist_serving.common import __version__
 from mnist_serving.common.contract import IMAGE_SHAPE, metadata_document
-from mnist_serving.server import codec, tracing
+from mnist_serving.server import big_json, codec, tracing
 from mnist_serving.server.calls import REQUEST_ID, CallFailed, CallScope, Status
 from mnist_serving.server.dataplane import DataPlane
 from mnist_serving.server.errors import BodyTooLarge, CallerGone, InvalidInput
@@ -136,7 +136,9 @@ class RestFrontEnd:
         async with self._call(request, API_V2, "ModelInfer") as call:
             body = await self._body(request)
             header_length = request.headers.get(codec.HEADER_LENGTH)
-            images, header, requested = codec.json_request(body, header_length, self.max_request_images)
+            images, header, requested = await big_json.json_request(
+                body, header_length, self.max_request_images
+            )
             result = await self.dataplane.classify(name, version, images)
             model = result.model
             content, json_length = codec.json_response(

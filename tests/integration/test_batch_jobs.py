@@ -361,3 +361,55 @@ def test_a_job_killed_with_9_leaves_no_decode_process_behind(server, tmp_path, m
         while any(_alive(pid) for pid in left):
             assert time.monotonic() < deadline, f"still running: {[p for p in left if _alive(p)]}"
             time.sleep(0.05)  # polling other processes' state
+
+
+def test_parquet_columns_by_name_integer_pixels_and_null_labels(server, tmp_path, mnist):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    encoded = []
+    for digit in mnist.x_test[:20]:
+        buffer = io.BytesIO()
+        Image.fromarray(255 - digit).save(buffer, "PNG")
+        encoded.append(buffer.getvalue())
+    labels = [int(v) for v in mnist.y_test[:20]]
+    labels[3] = None  # a null label: this row has no truth
+    table = pa.table(
+        {
+            "thumbnail": pa.array([b"\x89PNG not this one"] * 20, pa.binary()),
+            "scan": pa.array(encoded, pa.binary()),
+            "digit": pa.array(labels, pa.int64()),
+        }
+    )
+    pq.write_table(table, tmp_path / "two.parquet")
+    code, _, err = classify(str(tmp_path / "two.parquet"), server=server)
+    assert code == 2 and "--image-column" in err and "thumbnail" in err
+    code, out, err = classify(
+        str(tmp_path / "two.parquet"), "--image-column", "scan", "--label-column", "digit", server=server
+    )
+    assert code == 0 and len(rows(out)) == 20, err
+    assert "(19/19)" in err, err  # the row with a null label counts as unlabelled
+    pixels = pa.array([row.tolist() for row in mnist.x_test[:20].reshape(20, 784)])  # int64 lists
+    assert pixels.type == pa.list_(pa.int64())
+    pq.write_table(pa.table({"pixels": pixels}), tmp_path / "ints.parquet")
+    code, out, err = classify(str(tmp_path / "ints.parquet"), server=server)
+    assert code == 0 and [r["label"] for r in rows(out)] == [
+        r["label"]
+        for r in rows(classify(str(tmp_path / "two.parquet"), "--image-column", "scan", server=server)[1])
+    ]
+    # An output dataset whose part numbers passed 99999 resumes after the highest by number.
+    np.save(tmp_path / "images.npy", mnist.x_test[:20])
+    dataset = tmp_path / "rows"
+    job = [str(tmp_path / "images.npy"), "--format", "parquet", "--part-rows", "10", "-o", str(dataset)]
+    code, _, err = classify(*job, server=server)
+    assert code == 0, err
+    (dataset / "part-00000.parquet").rename(dataset / "part-99999.parquet")
+    (dataset / "part-00001.parquet").rename(dataset / "part-100000.parquet")
+    np.save(tmp_path / "images.npy", mnist.x_test[:30])  # the same inputs, grown by 10
+    code, _, err = classify(*job, "--resume", server=server)
+    assert code == 0 and "20 already in the output" in err, err
+    assert sorted(p.name for p in dataset.glob("part-*")) == [
+        "part-100000.parquet",
+        "part-100001.parquet",
+        "part-99999.parquet",
+    ]

@@ -172,3 +172,28 @@ def test_two_node_cluster_shares_the_work_and_gives_identical_rows(tmp_path, mni
     classify_calls = set().union(*(n for name, n in where.items() if "ChunkClassifier" in name))
     assert len(decode) == 2, dict(where)
     assert len(classify_calls) >= 1, dict(where)
+
+
+def test_the_bearer_token_reaches_actors_by_reference_never_as_an_argument(tmp_path):
+    """Ray's dashboard lists actor constructor arguments: the spec handed to the actors holds
+    an object-store reference, and each actor fetches the token itself."""
+    code = """
+import ray
+from mnist_serving.client.ray_engine import BackendSpec
+ray.init(num_cpus=1, include_dashboard=False)
+spec = BackendSpec(client={"server": "127.0.0.1:1", "token": "s3cret-token"})
+shown = spec.without_secrets()
+assert "token" not in shown.client and "s3cret-token" not in repr(shown), repr(shown)
+assert ray.get(shown.token_ref) == "s3cret-token"
+assert shown.build().client.options.token == "s3cret-token"
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ray_env(tmp_path),
+        check=False,
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
