@@ -341,3 +341,25 @@ def test_idle_connections_to_the_metrics_port_are_bounded_and_dropped(server):
         for sock in sockets:
             sock.close()
     assert "mnist_serving_requests_total" in server.metrics_text()
+
+
+def test_a_stalled_upload_does_not_extend_the_shutdown(model_repository, tmp_path):
+    """An upload that stops sending holds its call open; SIGTERM still ends the server at the
+    end of --grace (the REST port gets what is left of it, not a second grace period)."""
+    import signal
+    import socket
+
+    server = ServerProcess(model_repository, "--grace", "3", log_path=tmp_path / "log")
+    server.wait_serving()
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=30) as sock:
+        sock.sendall(b"POST /v2/models/mnist/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n{")
+        deadline = time.monotonic() + 30
+        while server.metric("mnist_serving_inflight_requests") < 1:  # the upload's call is admitted
+            assert time.monotonic() < deadline, "the stalled upload was never admitted"
+            time.sleep(0.05)  # polling another process's metrics
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(timeout=60)
+        stopped_after = time.monotonic() - started
+    assert code == 0 and "stopped" in server.log_text()
+    assert stopped_after < 3 + 2  # one grace period and the exit itself; two would be over 6 s
