@@ -10,7 +10,10 @@ def write_block(docs: Path, name: str, heading: str, body: str) -> None:
     """Replace the ``name`` block (``<!-- name:begin -->`` … ``<!-- name:end -->``) with ``body``;
     a page without it gets it at the end, under ``heading``."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    for page in dict.fromkeys((docs, docs.parent / "benchmarks-analysis.md")):
+    pages = [docs]
+    if docs.name == "benchmarks.md":  # rebuilt by bench/run.py from the analysis beside it
+        pages.append(docs.parent / "benchmarks-analysis.md")
+    for page in pages:
         if not page.exists():
             continue
         text = page.read_text()

@@ -32,11 +32,11 @@ FIELD = "inputs[0].data"
 
 
 async def json_request(
-    body: bytes, header_length: str | None, max_images: int
+    body: bytes | bytearray, header_length: str | None, max_images: int
 ) -> tuple[np.ndarray, dict, tuple[str, ...]]:
     """``codec.json_request``, with a big JSON body's numbers parsed in slices."""
     if header_length is not None or len(body) <= LARGE_BODY:
-        return codec.json_request(body, header_length, max_images)
+        return codec.json_request(bytes(body), header_length, max_images)
     found = _DATA.search(body)
     if found is None:
         raise InvalidInput(
@@ -46,7 +46,7 @@ async def json_request(
         )
     start = found.end() - 1  # the array's '['
     end = body.rfind(b"]", start, await _numbers_end(body, start)) + 1
-    if end <= start or body.count(b"[", start, end) != body.count(b"]", start, end):
+    if end <= start:
         raise InvalidInput("expected a (nested) list of numbers", FIELD)
     rest = len(body) - (end - start)
     if rest > REST_LIMIT:  # 16 MB of extra inputs would be millions of Python objects too
@@ -55,21 +55,16 @@ async def json_request(
             f"{LARGE_BODY} bytes",
             "request body",
         )
-    header = codec.parse_json(body[:start] + b"null" + body[end:])
+    header = codec.parse_json(bytes(body[:start]) + b"null" + bytes(body[end:]))
     tensor, count, datatype, requested = codec.json_header(header, max_images)
     if "data" not in tensor or tensor["data"] is not None:  # the first "data" was another key's
         raise InvalidInput(f"a body over {LARGE_BODY} bytes must give inputs[0].data first", FIELD)
-    values = await _numbers(body, start, end, count * IMAGE_PIXELS, datatype)
-    if datatype == "UINT8":
-        if values.size and (values.min() < 0 or values.max() > 255):
-            raise InvalidInput("values outside 0..255 for UINT8", FIELD)
-        images = values.astype(np.uint8)
-    else:
-        images = codec.float_to_pixels(values, FIELD)
+    values = await _numbers(body, start, end, count * IMAGE_PIXELS, datatype)  # checked in range
+    images = values.astype(np.uint8) if datatype == "UINT8" else np.rint(values * 255.0).astype(np.uint8)
     return images.reshape(count, *IMAGE_SHAPE), header, requested
 
 
-async def _numbers_end(body: bytes, start: int) -> int:
+async def _numbers_end(body: bytes | bytearray, start: int) -> int:
     """Where the characters that can make up a list of numbers end, after ``start``."""
     position = start
     while position < len(body):
@@ -81,15 +76,17 @@ async def _numbers_end(body: bytes, start: int) -> int:
     return len(body)
 
 
-async def _numbers(body: bytes, start: int, end: int, size: int, datatype: str) -> np.ndarray:
+async def _numbers(body: bytes | bytearray, start: int, end: int, size: int, datatype: str) -> np.ndarray:
     """The numbers of body[start:end] (a nested list) → float32 [size], a slice at a time."""
     values = np.empty(size, dtype=np.float32)
     kinds = "iu" if datatype == "UINT8" else "iuf"
-    filled, position = 0, start
+    filled, position, depth = 0, start, 0
     while position < end:
         cut = body.find(b",", min(position + SLICE, end), end)
         cut = end if cut < 0 else cut
-        text = body[position:cut].translate(None, b"[]").strip(b" \t\r\n,")
+        piece = body[position:cut]
+        depth += piece.count(b"[") - piece.count(b"]")  # the brackets must close where the list does
+        text = piece.translate(None, b"[]").strip(b" \t\r\n,")
         position = cut + 1
         if not text:
             continue
@@ -102,9 +99,15 @@ async def _numbers(body: bytes, start: int, end: int, size: int, datatype: str) 
             raise InvalidInput(f"expected a (nested) list of {expected}", FIELD)
         if filled + part.size > size:
             raise InvalidInput(f"more than the {size} values the shape needs", FIELD)
+        if datatype == "UINT8" and part.size and (part.min() < 0 or part.max() > 255):
+            raise InvalidInput("values outside 0..255 for UINT8", FIELD)
+        if datatype == "FP32":
+            codec.float_to_pixels(part, FIELD)  # NaN, Inf and values outside [0, 1] are refused
         values[filled : filled + part.size] = part
         filled += part.size
         await asyncio.sleep(0)  # the event loop (health, other calls) runs between slices
+    if depth != 0:
+        raise InvalidInput("expected a (nested) list of numbers; its brackets do not match", FIELD)
     if filled != size:
         raise InvalidInput(f"{filled} values; the shape needs {size}", FIELD)
     return values
