@@ -249,10 +249,13 @@ class DataPlane:
 
     async def classify(self, name: str, version: str, images: np.ndarray) -> Classified:
         """uint8 [N,28,28] → results; any failure fails the whole request."""
-        with self.model(name, version).lease() as model:
+        model = self.model(name, version).lease()
+        try:
             if tracing.enabled():
                 tracing.annotate(model=model.name, version=model.version_str, images=len(images))
             probabilities, labels = await model.batcher.infer(images, self._deadline())
+        finally:
+            model.release()
         return Classified(model, probabilities, labels, {}, images)
 
     async def classify_items(
@@ -266,8 +269,11 @@ class DataPlane:
 
         ``field(index)`` names an item in error messages, as its front end's request does.
         """
-        with self.model(name, version).lease() as model:
+        model = self.model(name, version).lease()
+        try:
             return await self._classify_items(model, items, field)
+        finally:
+            model.release()
 
     async def _classify_items(
         self, model: LoadedModel, items: Sequence[Item], field: Callable[[int], str]

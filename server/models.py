@@ -9,10 +9,8 @@ version or the new one, and requests already queued finish on the version that t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,17 +48,17 @@ class LoadedModel:
     def version_str(self) -> str:
         return str(self.version)
 
-    @contextlib.contextmanager
-    def lease(self) -> Iterator[LoadedModel]:
-        """Held by a call from resolving the version to its last answer: a reload that replaces
-        this version meanwhile retires it only after (``retire``), so no call fails for it."""
+    def lease(self) -> LoadedModel:
+        """Taken by a call from resolving the version to its last answer (``release`` after): a
+        reload that replaces this version meanwhile retires it only after (``retire``), so no
+        call fails for it."""
         self.users += 1
-        try:
-            yield self
-        finally:
-            self.users -= 1
-            if self.users == 0 and self._released is not None and not self._released.done():
-                self._released.set_result(None)
+        return self
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users == 0 and self._released is not None and not self._released.done():
+            self._released.set_result(None)
 
     async def retire(self) -> None:
         """Once no call holds it: finish what its batcher was given, then stop it."""

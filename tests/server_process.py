@@ -24,10 +24,17 @@ STARTUP_TIMEOUT = 120
 
 class ServerProcess:
     def __init__(
-        self, repository: Path, *args: str, env: dict | None = None, log_path: Path | None = None
+        self,
+        repository: Path,
+        *args: str,
+        env: dict | None = None,
+        log_path: Path | None = None,
+        prefix: tuple[str, ...] = (),
     ) -> None:
+        """``prefix``: a command to run the server under (``prlimit --nofile=...``)."""
         exe = shutil.which("mnist-serve", path=str(Path(sys.executable).parent)) or "mnist-serve"
         command = [
+            *prefix,
             exe,
             "--model-repository",
             str(repository),

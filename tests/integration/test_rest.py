@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -363,3 +364,36 @@ def test_a_stalled_upload_does_not_extend_the_shutdown(model_repository, tmp_pat
         stopped_after = time.monotonic() - started
     assert code == 0 and "stopped" in server.log_text()
     assert stopped_after < 3 + 2  # one grace period and the exit itself; two would be over 6 s
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs util-linux's prlimit")
+def test_connections_beyond_the_cap_are_refused_and_the_other_ports_unharmed(model_repository, tmp_path):
+    """Under 400 open files the HTTP port takes (400 - 256) / 2 = 72 connections; the others
+    get 503 and are closed at once, and gRPC health and the metrics port keep answering."""
+    import socket
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    limit = ("prlimit", "--nofile=400:400")
+    server = ServerProcess(model_repository, prefix=limit, log_path=tmp_path / "log")
+    sockets = []
+    try:
+        server.wait_serving()
+        sockets = [socket.create_connection(("127.0.0.1", server.http_port), timeout=30) for _ in range(150)]
+        refused = 0
+        for sock in sockets:
+            sock.settimeout(1.0)
+            try:
+                refused += sock.recv(64).startswith(b"HTTP/1.1 503")
+            except TimeoutError:  # a connection within the cap, waiting for its head
+                pass
+        assert 150 - 72 - 8 <= refused <= 150 - 72, refused
+        with grpc.insecure_channel(server.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        assert "mnist_serving_requests_total" in server.metrics_text()
+    finally:
+        for sock in sockets:
+            sock.close()
+        assert server.stop() == 0
