@@ -111,6 +111,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--docs", type=Path, help="write the table into this page (between ab markers)")
     parser.add_argument("--only", help="comma-separated scenarios: single, batch, rest (default: all)")
+    parser.add_argument(
+        "--block", default="ab", help="the marked block of --docs to write (one per comparison)"
+    )
     args = parser.parse_args()
     only = set((args.only or "single,batch,rest").split(","))
     model = model_repository.published_model(ROOT / "models", MODEL_NAME)
@@ -161,7 +164,8 @@ def main() -> int:
     table = report(figures)
     print(table)
     if args.docs:
-        write_block(args.docs, "ab", "## A/B against an earlier commit (`bench/ab.py`)", table)
+        heading = f"## A/B against `{args.baseline}` (`bench/ab.py`)"
+        write_block(args.docs, args.block, heading, table)
     return 0
 
 

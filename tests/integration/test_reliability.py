@@ -286,3 +286,25 @@ def test_the_decode_pool_heals_after_every_child_is_killed(model_repository, mni
         assert "ready" in server.log_text() and _descendants(server.process.pid)
     finally:
         assert server.stop() == 0
+
+
+def test_ctrl_c_on_the_process_group_drains_without_tracebacks(model_repository, mnist, tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group: the server, its fork server and
+    its decode workers. The server drains and exits 0; the others print nothing."""
+    import io
+
+    from PIL import Image
+
+    log = tmp_path / "log"
+    server = ServerProcess(model_repository, "--decode-workers", "2", log_path=log, prefix=("setsid",))
+    server.wait_serving()
+    buffer = io.BytesIO()
+    Image.fromarray(255 - mnist.x_test[0]).save(buffer, "PNG")
+    with grpc.insecure_channel(server.address) as channel:  # the decode workers have worked
+        request = pb.ClassifyBatchRequest(images=[pb.Image(encoded=buffer.getvalue())] * 4)
+        assert not pb_grpc.ClassifierStub(channel).ClassifyBatch(request, timeout=30).errors
+    assert os.getpgid(server.process.pid) == server.process.pid  # its own group, as in a terminal
+    os.killpg(server.process.pid, signal.SIGINT)
+    assert server.process.wait(timeout=60) == 0
+    text = log.read_text()
+    assert "draining" in text and "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
