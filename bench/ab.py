@@ -20,11 +20,9 @@ import statistics
 import subprocess
 import sys
 import tarfile
-import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -32,11 +30,10 @@ sys.path.insert(0, str(HERE))
 
 import h2load_run  # noqa: E402
 from docs_block import write_block  # noqa: E402
-from run import Server, free_port, run_v2  # noqa: E402
+from run import Server, free_port, run_v2, test_set_files  # noqa: E402
 
 from mnist_serving.common import model_repository  # noqa: E402
 from mnist_serving.common.contract import MODEL_NAME  # noqa: E402
-from mnist_serving.common.mnist_data import load_mnist  # noqa: E402
 
 PACKAGES = ("common", "train", "export", "server", "client", "protos")
 
@@ -120,14 +117,7 @@ def main() -> int:
     if model is None:
         raise SystemExit("no published model: run `make run` first")
     repository = Path(model).resolve().parent.parent.parent
-    mnist = load_mnist()
-    labels = ort.InferenceSession(str(model)).run(["label"], {"image": mnist.x_test})[0]
-    work = Path(tempfile.mkdtemp(prefix="bench-ab-"))
-    np.save(work / "images.npy", mnist.x_test)
-    np.save(work / "labels.npy", labels)
-    data = {"images": str(work / "images.npy"), "labels": str(work / "labels.npy")}
-    single = work / "single.bin"
-    single.write_bytes(h2load_run.request_bytes(mnist.x_test[:1]))
+    mnist, work, data, single = test_set_files(Path(model).resolve(), "bench-ab-")
     rest = work / "rest64.json"
     rest.write_bytes(json_body(mnist.x_test[:64]))
     a = server(f"A ({args.baseline})", repository, str(baseline_tree(args.baseline, work / "baseline")))

@@ -47,24 +47,8 @@ from mnist_serving.common.contract import MODEL_NAME  # noqa: E402
 from mnist_serving.common.mnist_data import load_mnist  # noqa: E402
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb  # noqa: E402
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc  # noqa: E402
+from tests.process_tree import descendants  # noqa: E402
 from tests.server_process import ServerProcess  # noqa: E402
-
-
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            children.setdefault(int(stat[1]), []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def tree_rss(pids: list[int]) -> int:

@@ -242,19 +242,28 @@ def run_v2(address: str, concurrency: int, batch: int, seconds: float, data: dic
     return json.loads(done.stdout)
 
 
+def test_set_files(model: Path, prefix: str) -> tuple:
+    """The test set and the model's own labels as .npy files (for the load generators), and one
+    framed single-image ModelInfer request (for h2load), in a new directory:
+    (mnist, the directory, {"images", "labels"} paths, the request file)."""
+    mnist = load_mnist()
+    labels = ort.InferenceSession(str(model)).run(["label"], {"image": mnist.x_test})[0]
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    np.save(work / "images.npy", mnist.x_test)
+    np.save(work / "labels.npy", labels)
+    data = {"images": str(work / "images.npy"), "labels": str(work / "labels.npy")}
+    body = work / "request.bin"
+    body.write_bytes(h2load_run.request_bytes(mnist.x_test[:1]))
+    return mnist, work, data, body
+
+
 def sitting(args: argparse.Namespace) -> dict:
     model = args.model or model_repository.published_model(ROOT / "models", MODEL_NAME)
     if model is None:
         raise SystemExit("no published model: run `make run` (or mnist-train && mnist-export) first")
     model = Path(model).resolve()
-    mnist = load_mnist()
-    labels = ort.InferenceSession(str(model)).run(["label"], {"image": mnist.x_test})[0]
-    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
-    np.save(tmp / "images.npy", mnist.x_test)
-    np.save(tmp / "labels.npy", labels)
-    data = {"images": str(tmp / "images.npy"), "labels": str(tmp / "labels.npy")}
-    body = tmp / "request.bin"
-    body.write_bytes(h2load_run.request_bytes(mnist.x_test[:1]))
+    mnist, tmp, data, body = test_set_files(model, "bench-")
+    labels = np.load(data["labels"])
     d = args.seconds
     singles = (1, 16) if args.quick else (1, 16, 64, 256)
     batches = (1,) if args.quick else (1, 4)

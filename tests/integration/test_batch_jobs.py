@@ -16,6 +16,7 @@ from PIL import Image
 
 from tests.batch_cli import EXAMPLES, EXE, classify, messy_inbox, rows
 from tests.holding_proxy import HoldingProxy
+from tests.process_tree import alive, descendants
 
 
 @pytest.fixture
@@ -315,32 +316,6 @@ def test_a_row_torn_inside_a_quoted_name_with_a_newline_resumes_to_the_whole_out
     assert torn.read_bytes() == data
 
 
-def _descendants(pid: int) -> set[int]:
-    """Every process below ``pid``, read from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            children.setdefault(int(stat[1]), []).append(int(entry))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
-
 def test_a_job_killed_with_9_leaves_no_decode_process_behind(server, tmp_path, mnist):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -353,13 +328,13 @@ def test_a_job_killed_with_9_leaves_no_decode_process_behind(server, tmp_path, m
             stderr=subprocess.DEVNULL,
         )
         assert proxy.holding.wait(120), "the job never reached its second call"
-        left = _descendants(process.pid)
+        left = descendants(process.pid)
         assert left, "the job started no decode processes"
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
         deadline = time.monotonic() + 30
-        while any(_alive(pid) for pid in left):
-            assert time.monotonic() < deadline, f"still running: {[p for p in left if _alive(p)]}"
+        while any(alive(pid) for pid in left):
+            assert time.monotonic() < deadline, f"still running: {[p for p in left if alive(p)]}"
             time.sleep(0.05)  # polling other processes' state
 
 

@@ -23,6 +23,7 @@ from mnist_serving.client import ClassifyError, Client
 from mnist_serving.common import model_repository as layout
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
+from tests.process_tree import descendants
 from tests.server_process import ServerProcess
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
@@ -240,23 +241,6 @@ def test_token_refusals_hold_under_load(model_repository, mnist, tmp_path):
     assert json.dumps(outcomes).count("UNAUTHENTICATED") == 400
 
 
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            children.setdefault(int(stat[1]), []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def test_the_decode_pool_heals_after_every_child_is_killed(model_repository, mnist, tmp_path):
     """As the OOM killer would: kill -9 of every process the server started (the decode
     workers and their fork server). Encoded images are decoded again at once; none fails."""
@@ -273,7 +257,7 @@ def test_the_decode_pool_heals_after_every_child_is_killed(model_repository, mni
         with grpc.insecure_channel(server.address) as channel:
             stub = pb_grpc.ClassifierStub(channel)
             assert stub.Classify(pb.ClassifyRequest(image=image), timeout=30).prediction.label == 7
-            victims = _descendants(server.process.pid)
+            victims = descendants(server.process.pid)
             assert victims, "no decode processes to kill"
             for pid in victims:
                 os.kill(pid, signal.SIGKILL)
@@ -283,7 +267,7 @@ def test_the_decode_pool_heals_after_every_child_is_killed(model_repository, mni
             for _ in range(5):
                 response = stub.ClassifyBatch(batch, timeout=60)
                 assert not response.errors and set(response.labels) == {7}
-        assert "ready" in server.log_text() and _descendants(server.process.pid)
+        assert "ready" in server.log_text() and descendants(server.process.pid)
     finally:
         assert server.stop() == 0
 
