@@ -160,6 +160,11 @@ GOOD_TENSOR = b'{"name": "image", "shape": [1, 784], "datatype": "UINT8", "data"
     ("path", "body", "words"),
     [
         ("/v2/models/mnist/infer", b"[" * 100_000, "request body: not JSON"),
+        (
+            "/v2/models/mnist/infer",
+            b'{"inputs": [' + GOOD_TENSOR + b', {"shape": [1]}' * 50_000 + b"]}",
+            "inputs: ['image', '', ",  # 50,001 names: eight shown and a count, not all of them
+        ),
         ("/v2/models/mnist/infer", b'{"inputs": [{"data": [' + b"9" * 5000 + b"]}]}", "not JSON"),
         ("/v2/models/mnist/infer", b'{"parameters": [], "inputs": [' + GOOD_TENSOR + b"]}", "parameters:"),
         (
