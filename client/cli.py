@@ -283,8 +283,15 @@ def run_classify(args: argparse.Namespace) -> int:
             job.stopping = True
             if isinstance(writer, ParquetWriter):
                 writer.close()  # the rows in hand are whole and in order: one last part
+            else:
+                out.flush()  # every row written so far is on disk, whole
             _print_summary(summary, found, time.perf_counter() - started, interrupted=True)
-            return 130
+            # A call in flight can hold a caller thread in gRPC's core for as long as its
+            # server takes; the output is complete, so exit now instead of waiting on it
+            # (decode processes die with this one).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
     if summary.written + done == 0:
         raise InputError("no images found in the inputs")
     if labels is not None and position != len(labels):

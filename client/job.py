@@ -211,13 +211,23 @@ class Job:
                     break
                 window.append(self.callers.submit(self._run_chunk, chunk))
                 while len(window) > self.concurrency or (window and window[0].done()):
-                    rows = window.popleft().result()
+                    rows = _result(window.popleft())
                     write(rows)
                     yield len(rows)
             while window:
-                rows = window.popleft().result()
+                rows = _result(window.popleft())
                 write(rows)
                 yield len(rows)
         finally:
             for future in window:
                 future.cancel()
+
+
+def _result(future: concurrent.futures.Future) -> list[Row]:
+    """The future's rows, waited for in short steps: Ctrl-C may be delivered to a gRPC thread,
+    and a main thread blocked in one long wait would never see it (the job would not stop)."""
+    while True:
+        try:
+            return future.result(timeout=0.2)
+        except concurrent.futures.TimeoutError:
+            continue
