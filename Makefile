@@ -6,7 +6,7 @@ MODELS ?= models
 RUNS ?= runs
 SERVE_ARGS ?=
 
-.PHONY: run model train export serve test compose-test images lint protos bench bench-ab bench-quick field soak reliability audit clean
+.PHONY: run model train export serve test test-fast compose-test images lint protos bench bench-ab bench-quick field soak reliability audit clean
 
 # Main job: environment → data → train (if no run) → export with parity (if no model) → serve.
 run: model
@@ -51,6 +51,14 @@ test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	GRPC_ENABLE_FORK_SUPPORT=false $(BIN)/python -m pytest -q
+
+# The inner loop: everything but the tests marked slow (real training, Ray clusters, long
+# soaks, compose), on parallel workers (most tests wait on real servers), with the fixture
+# model kept between runs (built anew when the training or export code changes).
+FIXTURE_CACHE ?= $(HOME)/.cache/mnist-serving/test-fixtures
+test-fast: $(VENV)/.installed-dev
+	MNIST_SERVING_FIXTURE_CACHE=$(FIXTURE_CACHE) GRPC_ENABLE_FORK_SUPPORT=false \
+		$(BIN)/python -m pytest -q -n 4 -m 'not slow and not compose'
 
 # Every image docker-compose.yml uses; offline stand-in bases when Docker Hub is unreachable.
 images:

@@ -1,25 +1,31 @@
-"""Client library: ``Client`` (blocking) and ``AsyncClient`` (asyncio) for mnist-serving.
+"""Client library: ``AsyncClient`` (asyncio) and ``Client`` (blocking) for mnist-serving.
 
-Both speak the own API (mnist.v1), cut big inputs into chunks that are sent several at a
-time, retry UNAVAILABLE with exponential backoff, and take TLS and token options.
+One implementation: ``AsyncClient`` holds every call, retry, deadline and window, and
+``Client`` drives a private ``AsyncClient`` on its own thread, so the two cannot drift.
+Calls retry UNAVAILABLE and RESOURCE_EXHAUSTED (a replica going away, an overloaded one)
+with exponential backoff and jitter, within the call's deadline; any other status raises
+``ClassifyError`` at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import os
+import concurrent.futures
+import contextvars
+import math
 import random
+import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mnist_serving.client.inputs import ImageLike, batch_requests, to_image
+from mnist_serving.client.options import DEFAULT_SERVER, ClientOptions
 from mnist_serving.client.results import BatchResult, ClassifyError, Prediction
 from mnist_serving.common.contract import IMAGE_PIXELS, IMAGE_SHAPE, MODEL_NAME, NUM_CLASSES
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
@@ -27,93 +33,10 @@ from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2_grpc as v2_gr
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
 
-DEFAULT_SERVER = "localhost:50051"
-MAX_MESSAGE = 256 * 1024 * 1024
-RECONNECT_BACKOFF_MS = 100
-MAX_RECONNECT_BACKOFF_MS = 2000
+__all__ = ["DEFAULT_SERVER", "AsyncClient", "Client", "ClientOptions"]
 
-
-@dataclass(frozen=True)
-class ClientOptions:
-    """Connection settings shared by both clients."""
-
-    server: str = ""
-    timeout: float | None = 30.0  # per call, seconds
-    retries: int = 3  # extra attempts on UNAVAILABLE
-    backoff: float = 0.1  # first retry delay, doubled each time (with jitter)
-    tls: bool = False
-    root_certificates: Path | None = None
-    client_certificate: Path | None = None
-    client_key: Path | None = None
-    token: str | None = None
-
-    @property
-    def target(self) -> str:
-        return self.server or os.environ.get("MNIST_SERVING_SERVER") or DEFAULT_SERVER
-
-    def channel_options(self) -> list[tuple[str, int]]:
-        return [
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
-            # After a replica dies, reconnect (to it or, through a balancer, to another) from
-            # 100 ms on, not gRPC's default 1 s-and-growing, so retries find a live server.
-            ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
-            ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
-            ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
-        ]
-
-    def credentials(self) -> grpc.ChannelCredentials | None:
-        if not (self.tls or self.root_certificates or self.client_certificate):
-            return None
-
-        def read(path: Path | None) -> bytes | None:
-            return Path(path).read_bytes() if path else None
-
-        return grpc.ssl_channel_credentials(
-            read(self.root_certificates), read(self.client_key), read(self.client_certificate)
-        )
-
-    def open_channel(self, api: object) -> object:
-        """A channel from ``grpc`` (blocking) or ``grpc.aio``, secure when TLS is configured."""
-        credentials = self.credentials()
-        if credentials is not None:
-            return api.secure_channel(self.target, credentials, self.channel_options())
-        return api.insecure_channel(self.target, self.channel_options())
-
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        auth = (("authorization", f"Bearer {self.token}"),) if self.token else ()
-        return auth + _trace_context()
-
-
-try:  # a caller with OpenTelemetry: its current trace goes along (W3C traceparent)
-    from opentelemetry import propagate as _propagate
-except ImportError:  # pragma: no cover - the plain client does not need it
-    _propagate = None
-
-
-def _trace_context() -> tuple[tuple[str, str], ...]:
-    if _propagate is None:
-        return ()
-    carrier: dict[str, str] = {}
-    _propagate.inject(carrier)
-    return tuple(carrier.items())
-
-
-def _error(exc: grpc.RpcError) -> ClassifyError:
-    return ClassifyError(exc.code().name, exc.details() or "")
-
-
-def _classify_request(
-    image: ImageLike, probabilities: bool, model: str, version: str, preprocessed: bool
-) -> pb.ClassifyRequest:
-    """One request for the sync and the asyncio client alike."""
-    return pb.ClassifyRequest(
-        image=to_image(image),
-        model_name=model,
-        model_version=version,
-        return_probabilities=probabilities,
-        return_preprocessed=preprocessed,
-    )
+T = TypeVar("T")
+RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 def _prediction(response: pb.ClassifyResponse) -> Prediction:
@@ -126,12 +49,17 @@ def _prediction(response: pb.ClassifyResponse) -> Prediction:
 
 
 def _merge(responses: Sequence[pb.ClassifyBatchResponse], probabilities: bool) -> BatchResult:
-    labels = np.concatenate([np.frombuffer(r.labels, dtype=np.uint8) for r in responses]).astype(np.int64)
-    confidences = np.concatenate([np.frombuffer(r.confidences, dtype="<f4") for r in responses])
+    labels = np.concatenate(
+        [np.frombuffer(r.labels, dtype=np.uint8) for r in responses] or [np.zeros(0, np.uint8)]
+    ).astype(np.int64)
+    confidences = np.concatenate(
+        [np.frombuffer(r.confidences, dtype="<f4") for r in responses] or [np.zeros(0, np.float32)]
+    )
     probs = None
     if probabilities:
         probs = np.concatenate(
             [np.frombuffer(r.probabilities, dtype="<f4").reshape(-1, NUM_CLASSES) for r in responses]
+            or [np.zeros((0, NUM_CLASSES), np.float32)]
         )
     errors: dict[int, str] = {}
     offset = 0
@@ -144,127 +72,21 @@ def _merge(responses: Sequence[pb.ClassifyBatchResponse], probabilities: bool) -
     return BatchResult(labels, confidences, probs, last.model_name, last.model_version, errors)
 
 
-def _retryable(exc: grpc.RpcError) -> bool:
-    """Transient: a replica going away, or an overloaded one (both pass with a little backoff)."""
-    return exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
-
-
-class Client:
-    """Blocking client. Use as a context manager, or call close()."""
-
-    def __init__(self, server: str = "", **options: object) -> None:
-        self.options = ClientOptions(server=server, **options)
-        self.channel = self.options.open_channel(grpc)
-        self.stub = pb_grpc.ClassifierStub(self.channel)
-        self.v2 = v2_grpc.GRPCInferenceServiceStub(self.channel)
-        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
-        # Attempts repeated after UNAVAILABLE: what a failover cost, for callers' own metrics.
-        self.retries_made = 0
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.channel.close()
-
-    def _call(self, method: Callable, request: object, timeout: float | None = None) -> object:
-        attempt = 0
-        while True:
-            try:
-                return method(
-                    request, timeout=timeout or self.options.timeout, metadata=self.options.metadata()
-                )
-            except grpc.RpcError as exc:
-                if not _retryable(exc) or attempt >= self.options.retries:
-                    raise _error(exc) from None
-                time.sleep(self.options.backoff * (2**attempt) * (0.5 + random.random()))
-                attempt += 1
-                self.retries_made += 1
-
-    def classify(
-        self,
-        image: ImageLike,
-        probabilities: bool = False,
-        model: str = "",
-        version: str = "",
-        preprocessed: bool = False,
-    ) -> Prediction:
-        """``preprocessed``: also return the 28×28 image the model saw (``Prediction.preprocessed``)."""
-        request = _classify_request(image, probabilities, model, version, preprocessed)
-        return _prediction(self._call(self.stub.Classify, request))
-
-    def classify_batch(
-        self,
-        images: np.ndarray | Sequence[ImageLike],
-        batch_size: int = 1024,
-        concurrency: int = 4,
-        probabilities: bool = False,
-        model: str = "",
-        version: str = "",
-        progress: Callable[[int], None] | None = None,
-    ) -> BatchResult:
-        """Chunks of ``batch_size`` images, ``concurrency`` of them in flight at once, in order."""
-        requests = batch_requests(images, batch_size, model, version, probabilities)
-        window: collections.deque = collections.deque()
-        responses: list[pb.ClassifyBatchResponse] = []
-
-        def finish(entry: tuple) -> None:
-            future, request = entry
-            try:
-                response = future.result()
-            except grpc.RpcError as exc:
-                if not _retryable(exc):
-                    raise _error(exc) from None
-                response = self._call(self.stub.ClassifyBatch, request)
-            responses.append(response)
-            if progress is not None:
-                progress(response.count)
-
-        for request in requests:
-            future = self.stub.ClassifyBatch.future(
-                request, timeout=self.options.timeout, metadata=self.options.metadata()
-            )
-            window.append((future, request))
-            if len(window) >= concurrency:
-                finish(window.popleft())
-        while window:
-            finish(window.popleft())
-        return _merge(responses, probabilities)
-
-    def health(self, service: str = "") -> str:
-        """'SERVING', 'NOT_SERVING', ... for the server ('') or a service name."""
-        response = self._call(self.health_stub.Check, health_pb2.HealthCheckRequest(service=service))
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-
-    def server_metadata(self) -> v2.ServerMetadataResponse:
-        return self._call(self.v2.ServerMetadata, v2.ServerMetadataRequest())
-
-    def preprocessing_version(self, name: str = MODEL_NAME) -> str | None:
-        """The server's preprocessing version (None from a server that does not say)."""
-        parameters = self.model_metadata(name).parameters
-        return (
-            parameters["preprocessing_version"].string_param
-            if "preprocessing_version" in parameters
-            else None
-        )
-
-    def model_metadata(self, name: str = MODEL_NAME, version: str = "") -> v2.ModelMetadataResponse:
-        return self._call(self.v2.ModelMetadata, v2.ModelMetadataRequest(name=name, version=version))
-
-
 class AsyncClient:
-    """asyncio client with the same methods as Client (awaitable)."""
+    """asyncio client. Every method takes ``timeout=`` (seconds; None: the client's option,
+    ``math.inf``: no deadline) and ``retries=`` (None: the client's option).
+
+    ``timeout`` is one deadline for the call and its retries; in ``classify_batch`` it holds
+    for each chunk, so a million images are not bound by one deadline.
+    """
 
     def __init__(self, server: str = "", **options: object) -> None:
         self.options = ClientOptions(server=server, **options)
-        self.channel = self.options.open_channel(grpc.aio)
+        self.channel = self.options.open_aio_channel()
         self.stub = pb_grpc.ClassifierStub(self.channel)
         self.v2 = v2_grpc.GRPCInferenceServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
-        # Attempts repeated after UNAVAILABLE: what a failover cost, for callers' own metrics.
+        # Attempts repeated after a retried status: what failovers cost, for callers' metrics.
         self.retries_made = 0
 
     async def __aenter__(self) -> AsyncClient:
@@ -276,17 +98,27 @@ class AsyncClient:
     async def close(self) -> None:
         await self.channel.close()
 
-    async def _call(self, method: Callable, request: object) -> object:
+    async def _call(
+        self, method: Callable[..., Awaitable[T]], request: object, timeout: float | None, retries: int | None
+    ) -> T:
+        """The one place calls are made: deadline, metadata, retries with backoff, errors."""
+        timeout = self.options.timeout if timeout is None else timeout
+        deadline = None if timeout is None or math.isinf(timeout) else time.monotonic() + timeout
+        retries = self.options.retries if retries is None else retries
         attempt = 0
         while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return await method(request, timeout=self.options.timeout, metadata=self.options.metadata())
+                return await method(request, timeout=remaining, metadata=self.options.metadata())
             except grpc.RpcError as exc:
-                if not _retryable(exc) or attempt >= self.options.retries:
-                    raise _error(exc) from None
-                await asyncio.sleep(self.options.backoff * (2**attempt) * (0.5 + random.random()))
-                attempt += 1
-                self.retries_made += 1
+                code = exc.code()
+                delay = self.options.backoff * (2**attempt) * (0.5 + random.random())
+                out_of_time = deadline is not None and time.monotonic() + delay >= deadline
+                if code not in RETRIED or attempt >= retries or out_of_time:
+                    raise ClassifyError(code.name, exc.details() or "") from None
+            await asyncio.sleep(delay)
+            attempt += 1
+            self.retries_made += 1
 
     async def classify(
         self,
@@ -295,10 +127,19 @@ class AsyncClient:
         model: str = "",
         version: str = "",
         preprocessed: bool = False,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
     ) -> Prediction:
         """``preprocessed``: also return the 28×28 image the model saw (``Prediction.preprocessed``)."""
-        request = _classify_request(image, probabilities, model, version, preprocessed)
-        return _prediction(await self._call(self.stub.Classify, request))
+        request = pb.ClassifyRequest(
+            image=to_image(image),
+            model_name=model,
+            model_version=version,
+            return_probabilities=probabilities,
+            return_preprocessed=preprocessed,
+        )
+        return _prediction(await self._call(self.stub.Classify, request, timeout, retries))
 
     async def classify_batch(
         self,
@@ -309,26 +150,226 @@ class AsyncClient:
         model: str = "",
         version: str = "",
         progress: Callable[[int], None] | None = None,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
     ) -> BatchResult:
-        semaphore = asyncio.Semaphore(concurrency)
+        """Chunks of ``batch_size`` images, at most ``concurrency`` in flight, answers in order.
 
-        async def one(request: pb.ClassifyBatchRequest) -> pb.ClassifyBatchResponse:
-            async with semaphore:
-                response = await self._call(self.stub.ClassifyBatch, request)
+        Requests are built as the window moves, so memory holds ``concurrency`` chunks.
+        """
+        if batch_size < 1 or concurrency < 1:
+            raise ValueError(f"batch_size and concurrency must be at least 1: {batch_size}, {concurrency}")
+        window: collections.deque[asyncio.Task] = collections.deque()
+        responses: list[pb.ClassifyBatchResponse] = []
+
+        async def settle() -> None:
+            response = await window.popleft()
+            responses.append(response)
             if progress is not None:
                 progress(response.count)
-            return response
 
-        requests = list(batch_requests(images, batch_size, model, version, probabilities))
-        responses = await asyncio.gather(*(one(r) for r in requests))
+        try:
+            for request in batch_requests(images, batch_size, model, version, probabilities):
+                call = self._call(self.stub.ClassifyBatch, request, timeout, retries)
+                window.append(asyncio.ensure_future(call))
+                if len(window) >= concurrency:
+                    await settle()
+            while window:
+                await settle()
+        finally:
+            for task in window:  # a failed chunk or a cancelled caller: the rest stop too
+                task.cancel()
         return _merge(responses, probabilities)
 
-    async def health(self, service: str = "") -> str:
-        response = await self._call(self.health_stub.Check, health_pb2.HealthCheckRequest(service=service))
+    async def health(
+        self, service: str = "", *, timeout: float | None = None, retries: int | None = None
+    ) -> str:
+        """'SERVING', 'NOT_SERVING', ... for the server ('') or a service name."""
+        request = health_pb2.HealthCheckRequest(service=service)
+        response = await self._call(self.health_stub.Check, request, timeout, retries)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
-    async def server_metadata(self) -> v2.ServerMetadataResponse:
-        return await self._call(self.v2.ServerMetadata, v2.ServerMetadataRequest())
+    async def server_metadata(
+        self, *, timeout: float | None = None, retries: int | None = None
+    ) -> v2.ServerMetadataResponse:
+        return await self._call(self.v2.ServerMetadata, v2.ServerMetadataRequest(), timeout, retries)
 
-    async def model_metadata(self, name: str = MODEL_NAME, version: str = "") -> v2.ModelMetadataResponse:
-        return await self._call(self.v2.ModelMetadata, v2.ModelMetadataRequest(name=name, version=version))
+    async def model_metadata(
+        self,
+        name: str = MODEL_NAME,
+        version: str = "",
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+    ) -> v2.ModelMetadataResponse:
+        request = v2.ModelMetadataRequest(name=name, version=version)
+        return await self._call(self.v2.ModelMetadata, request, timeout, retries)
+
+    async def preprocessing_version(
+        self, name: str = MODEL_NAME, *, timeout: float | None = None, retries: int | None = None
+    ) -> str | None:
+        """The server's preprocessing version (None from a server that does not say)."""
+        parameters = (await self.model_metadata(name, timeout=timeout, retries=retries)).parameters
+        if "preprocessing_version" not in parameters:
+            return None
+        return parameters["preprocessing_version"].string_param
+
+
+class Client:
+    """Blocking client: the same methods as ``AsyncClient``, run on a private event loop.
+
+    Thread-safe: many threads may call one ``Client`` at once. A ``progress`` callback runs
+    on the client's thread. Use as a context manager, or call ``close()``.
+    """
+
+    POLL_S = 0.2  # a waiting caller wakes this often, so Ctrl-C reaches it whatever thread got it
+
+    def __init__(self, server: str = "", **options: object) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="mnist-serving-client", daemon=True
+        )
+        self._thread.start()
+
+        async def make() -> AsyncClient:
+            return AsyncClient(server, **options)
+
+        try:
+            self._core = asyncio.run_coroutine_threadsafe(make(), self._loop).result()
+        except BaseException:
+            self._stop_loop()
+            raise
+        self.options = self._core.options
+
+    @property
+    def retries_made(self) -> int:
+        return self._core.retries_made
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self, coroutine: Awaitable[T]) -> T:
+        """Run on the client's loop in the caller's context (its trace goes along), and wait."""
+        if self._loop.is_closed():
+            coroutine.close()
+            raise RuntimeError("the client is closed")
+        context = contextvars.copy_context()
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        started: list[asyncio.Task] = []
+
+        def start() -> None:
+            if not done.set_running_or_notify_cancel():
+                coroutine.close()
+                return
+            task = self._loop.create_task(coroutine, context=context)
+            started.append(task)
+
+            def finish(task: asyncio.Task) -> None:
+                if task.cancelled():
+                    done.cancel()
+                elif task.exception() is not None:
+                    done.set_exception(task.exception())
+                else:
+                    done.set_result(task.result())
+
+            task.add_done_callback(finish)
+
+        self._loop.call_soon_threadsafe(start)
+        try:
+            while True:
+                try:
+                    return done.result(timeout=self.POLL_S)
+                except concurrent.futures.TimeoutError:
+                    continue
+        except BaseException:  # KeyboardInterrupt and the like: the call stops too
+            if not done.cancel():
+                self._loop.call_soon_threadsafe(lambda: [t.cancel() for t in started])
+            raise
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._core.close(), self._loop).result(timeout=5)
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def classify(
+        self,
+        image: ImageLike,
+        probabilities: bool = False,
+        model: str = "",
+        version: str = "",
+        preprocessed: bool = False,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+    ) -> Prediction:
+        """``preprocessed``: also return the 28×28 image the model saw (``Prediction.preprocessed``)."""
+        return self._run(
+            self._core.classify(
+                image, probabilities, model, version, preprocessed, timeout=timeout, retries=retries
+            )
+        )
+
+    def classify_batch(
+        self,
+        images: np.ndarray | Sequence[ImageLike],
+        batch_size: int = 1024,
+        concurrency: int = 4,
+        probabilities: bool = False,
+        model: str = "",
+        version: str = "",
+        progress: Callable[[int], None] | None = None,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+    ) -> BatchResult:
+        """Chunks of ``batch_size`` images, at most ``concurrency`` in flight, answers in order."""
+        return self._run(
+            self._core.classify_batch(
+                images,
+                batch_size,
+                concurrency,
+                probabilities,
+                model,
+                version,
+                progress,
+                timeout=timeout,
+                retries=retries,
+            )
+        )
+
+    def health(self, service: str = "", *, timeout: float | None = None, retries: int | None = None) -> str:
+        """'SERVING', 'NOT_SERVING', ... for the server ('') or a service name."""
+        return self._run(self._core.health(service, timeout=timeout, retries=retries))
+
+    def server_metadata(
+        self, *, timeout: float | None = None, retries: int | None = None
+    ) -> v2.ServerMetadataResponse:
+        return self._run(self._core.server_metadata(timeout=timeout, retries=retries))
+
+    def model_metadata(
+        self,
+        name: str = MODEL_NAME,
+        version: str = "",
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+    ) -> v2.ModelMetadataResponse:
+        return self._run(self._core.model_metadata(name, version, timeout=timeout, retries=retries))
+
+    def preprocessing_version(
+        self, name: str = MODEL_NAME, *, timeout: float | None = None, retries: int | None = None
+    ) -> str | None:
+        """The server's preprocessing version (None from a server that does not say)."""
+        return self._run(self._core.preprocessing_version(name, timeout=timeout, retries=retries))

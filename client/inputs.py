@@ -1,4 +1,4 @@
-"""Anything a caller may pass as images → protobuf messages (Pillow only for PIL inputs)."""
+"""Anything a caller may pass as images → protobuf messages (no image decoder imported)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_serving.common import preprocess
 from mnist_serving.common.contract import IMAGE_HEIGHT, IMAGE_SHAPE, IMAGE_WIDTH, pixels_from_unit_floats
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 
@@ -32,6 +31,8 @@ def preprocess_image(item: str | Path | bytes) -> np.ndarray:
     server's (``Client.preprocessing_version()``) first. Raises ``ImageError`` (its subclass
     ``NoDigitFound`` for a blank image).
     """
+    from mnist_serving.common import preprocess  # the image stack loads only for callers who decode
+
     data = Path(item).read_bytes() if isinstance(item, (str, Path)) else bytes(item)
     return preprocess.decode(data)[0]
 

@@ -30,10 +30,11 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mnist_serving.common.contract import IMAGE_HEIGHT, IMAGE_SHAPE, IMAGE_WIDTH, NO_DIGIT_FOUND
+from mnist_serving.common.contract import IMAGE_HEIGHT, IMAGE_SHAPE, IMAGE_WIDTH
+from mnist_serving.common.preprocess_contract import PREPROCESSING_VERSION, ImageError, NoDigitFound
 
-PREPROCESSING_VERSION = "2"
-"""Bumped whenever the output for some input changes (1: min-max stretch, 2: this pipeline)."""
+__all__ = ["PREPROCESSING_VERSION", "ImageError", "NoDigitFound", "decode"]
+
 
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
 """The only decoders an image reaches: whatever else Pillow can open (DDS, PSD, ...) is refused."""
@@ -59,17 +60,21 @@ _TRANSPOSE = {  # EXIF orientation → what makes the stored pixels upright (as 
 _EXIF_ORIENTATION = 0x0112
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+_BLANK_PNG = bytes.fromhex(  # 1×1 white, grayscale
+    "89504e470d0a1a0a0000000d4948445200000001000000010800000000"
+    "3a7e9b550000000a4944415478da63f8ff1f0003030200ef9dd1f70000000049454e44ae426082"
+)
 
 
-class ImageError(ValueError):
-    """The bytes are not an image this service can read; the message says why."""
-
-
-class NoDigitFound(ImageError):
-    """The image is readable but blank, or nearly: there is no digit to classify."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(f"{NO_DIGIT_FOUND} ({detail})")
+def warm_up() -> None:
+    """Register every decoder now and decode once: a worker's first hostile image (a format
+    Pillow only identifies after loading all its plugins) must not pay for the imports
+    against its decode budget."""
+    Image.init()
+    try:
+        decode(_BLANK_PNG)
+    except NoDigitFound:
+        pass
 
 
 def decode(data: bytes) -> tuple[np.ndarray, int]:

@@ -8,6 +8,8 @@ signal: the fork server dies with its owner, and each worker with the fork serve
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
+import os
 import signal
 import sys
 
@@ -29,4 +31,9 @@ def worker_init() -> None:
     the pool itself (a terminal's Ctrl-C reaches the whole process group; SIGTERM is kept, as
     the pool uses it to stop a broken pool's workers)."""
     die_with_parent()
+    # A worker still starting when its owner was killed: the parent-death signal came too late
+    # (it is set against the fork server, which may be gone already). Its owner's sentinel says so.
+    owner = multiprocessing.parent_process()
+    if owner is not None and not owner.is_alive():
+        os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -121,8 +121,9 @@ class ServerConfig:
     )
     max_decode_ms: float = setting(
         500.0,
-        "Most milliseconds one encoded image may take to decode; a decode worker that overruns "
-        "it is stopped and replaced, and the image gets its own INVALID_ARGUMENT.",
+        "Most milliseconds of CPU one encoded image may take to decode (on a busy machine, at "
+        "most ten times this in all); a decode worker that overruns it is stopped and replaced, "
+        "and the image gets its own INVALID_ARGUMENT.",
     )
     max_message_mb: int = setting(
         128,

@@ -144,6 +144,9 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
 
     daemon_threads = True
     block_on_close = False
+    # socketserver's backlog of 5 leaves a burst of scrapers and probes retrying their SYNs
+    # (1 s, 3 s, 7 s, ...) while the port has free threads; take them, and refuse at once.
+    request_queue_size = 256
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)

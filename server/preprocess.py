@@ -14,4 +14,4 @@ def decode_sized(data: bytes, field: str = "image.encoded") -> tuple[np.ndarray,
     try:
         return preprocess.decode(data)
     except preprocess.ImageError as exc:
-        raise InvalidInput(f"{field}: {exc}") from None
+        raise InvalidInput(exc.item_message(field)) from None

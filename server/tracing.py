@@ -85,9 +85,11 @@ def enabled() -> bool:
 
 
 def shutdown() -> None:
-    """Export what is buffered (at server stop)."""
+    """Export what is buffered (at server stop); tracing is off afterwards."""
+    global _tracer
     if _tracer is None:
         return
+    _tracer = None
     from opentelemetry import trace
 
     provider = trace.get_tracer_provider()

@@ -48,6 +48,7 @@ class ServerProcess:
             *args,
         ]
         self.log_path = log_path
+        self.stop_called = False
         self.log = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
             command,
@@ -115,9 +116,11 @@ class ServerProcess:
         return total
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """Signal the server (unless it has exited) and wait: its exit code."""
+        self.stop_called = True
         if self.process.poll() is None:
             self.process.send_signal(sig)
         code = self.process.wait(timeout=timeout)
-        if self.log is not subprocess.DEVNULL:
+        if self.log is not subprocess.DEVNULL and not self.log.closed:
             self.log.close()
         return code

@@ -1,6 +1,9 @@
 """Every bad input gets INVALID_ARGUMENT naming the field, and the server keeps serving."""
 
+import functools
 import io
+import struct
+import zlib
 
 import grpc
 import numpy as np
@@ -28,11 +31,19 @@ def truncated_jpeg() -> bytes:
     return buffer.getvalue()[:100]
 
 
-def bomb() -> bytes:
-    """A tiny PNG that claims 30000x30000 pixels."""
-    buffer = io.BytesIO()
-    Image.new("1", (30000, 30000), 0).save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()
+@functools.cache
+def bomb(side: int = 30000) -> bytes:
+    """A real PNG of side×side black 1-bit pixels: about 100 kB that would take 900 million
+    pixels to decode. Written chunk by chunk, never held as an image."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer = zlib.compressobj(9)
+    row = bytes(1 + -(-side // 8))  # filter byte 0, then the row's bits
+    body = b"".join(packer.compress(row * 1000) for _ in range(side // 1000)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1-bit grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
 
 
 def infer(

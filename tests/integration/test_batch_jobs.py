@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.batch_cli import EXAMPLES, EXE, classify, messy_inbox, rows
+from tests.helpers import digit_file
 from tests.holding_proxy import HoldingProxy
 from tests.process_tree import alive, descendants
 
@@ -105,6 +106,7 @@ def _pss_of_tree(pid: int) -> int:
     return total
 
 
+@pytest.mark.slow  # a soak: one million images through a memory map
 def test_a_huge_npy_streams_through_a_memory_map_in_flat_memory(model_repository, tmp_path):
     """A million images (784 MB on disk), in process: the whole tree stays under 300 MB."""
     count = 1_000_000
@@ -215,11 +217,7 @@ def test_parquet_in_and_out(server, tmp_path, mnist):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    encoded = []
-    for digit in mnist.x_test[:300]:
-        buffer = io.BytesIO()
-        Image.fromarray(255 - digit).save(buffer, "PNG")
-        encoded.append(buffer.getvalue())
+    encoded = [digit_file(digit) for digit in mnist.x_test[:300]]
     encoded[7] = b"not an image"
     labels = mnist.y_test[:300].astype(np.int64)
     pq.write_table(
@@ -342,11 +340,7 @@ def test_parquet_columns_by_name_integer_pixels_and_null_labels(server, tmp_path
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    encoded = []
-    for digit in mnist.x_test[:20]:
-        buffer = io.BytesIO()
-        Image.fromarray(255 - digit).save(buffer, "PNG")
-        encoded.append(buffer.getvalue())
+    encoded = [digit_file(digit) for digit in mnist.x_test[:20]]
     labels = [int(v) for v in mnist.y_test[:20]]
     labels[3] = None  # a null label: this row has no truth
     table = pa.table(
@@ -388,3 +382,46 @@ def test_parquet_columns_by_name_integer_pixels_and_null_labels(server, tmp_path
         "part-100001.parquet",
         "part-99999.parquet",
     ]
+
+
+def test_a_listed_path_that_is_missing_or_no_image_is_an_error_row_and_resume_goes_past_it(server, tmp_path):
+    """--files-from is streamed: a line naming a missing file, or a file that is no image,
+    becomes a row with an error; the job goes on, and --resume does not stop on it again."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    listing = tmp_path / "list.txt"
+    lines = [EXAMPLES / "pen-8.png", tmp_path / "gone.png", notes, EXAMPLES / "scan-9.jpg"]
+    listing.write_text("".join(f"{line}\n" for line in lines))
+    output = tmp_path / "out.csv"
+    code, _, err = classify("--files-from", str(listing), "-o", str(output), server=server)
+    got = rows(output.read_text())
+    assert code == 3 and "2 failed" in err, err
+    assert [r["source"] for r in got] == [str(line) for line in lines]
+    assert "cannot read" in got[1]["error"] and "cannot decode image" in got[2]["error"]
+    assert got[0]["label"] == "8" and got[3]["label"] == "9"
+    listing.write_text(listing.read_text() + f"{EXAMPLES / 'pen-8.png'}\n")
+    code, _, err = classify("--files-from", str(listing), "-o", str(output), "--resume", server=server)
+    assert code == 0, err
+    assert len(rows(output.read_text())) == 5
+
+
+def test_model_repository_problems_are_usage_errors(model_repository, tmp_path):
+    """--model-repository runs in process: no published model, a refused version or no
+    onnxruntime is the caller's to fix (exit 2, one line), not a server error (1)."""
+    image = str(EXAMPLES / "pen-8.png")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = classify(image, "--model-repository", str(empty))
+    assert code == 2 and "no published 'mnist' model" in err and len(err.strip().splitlines()) == 1
+    tampered = tmp_path / "tampered"
+    shutil.copytree(model_repository, tampered)
+    with open(tampered / "mnist" / "1" / "model.onnx", "ab") as f:
+        f.write(b"\0")  # no longer the bytes its sidecar names
+    code, _, err = classify(image, "--model-repository", str(tampered))
+    assert code == 2 and "refusing it" in err, err
+    shadow = tmp_path / "shadow"  # an install without onnxruntime
+    (shadow / "onnxruntime").mkdir(parents=True)
+    (shadow / "onnxruntime" / "__init__.py").write_text("raise ImportError('not installed')\n")
+    env = {**os.environ, "PYTHONPATH": str(shadow)}
+    code, _, err = classify(image, "--model-repository", str(model_repository), env=env)
+    assert code == 2 and "needs onnxruntime" in err, err

@@ -16,7 +16,7 @@ def test_bench_harness_quick(model_repository, tmp_path):
             str(ROOT / "bench" / "run.py"),
             "--quick",
             "--seconds",
-            "0.3",
+            "0.1",
             "--peers",
             "",
             "--model",

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from mnist_serving.common.idx import write_idx
 from mnist_serving.common.preprocess import PREPROCESSING_VERSION
+from tests.helpers import digit_file
 
 EXE = shutil.which("mnist-classify", path=str(Path(sys.executable).parent))
 
@@ -25,9 +25,7 @@ def cli(*args, stdin: bytes | None = None, server=None):
 
 
 def png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(255 - array).resize((64, 64)).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return digit_file(array, size=64)
 
 
 @pytest.fixture(scope="module")

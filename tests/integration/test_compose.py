@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -28,8 +27,9 @@ import pytest
 
 from mnist_serving.client import AsyncClient, ClassifyError, Client
 from mnist_serving.common.contract import MODEL_NAME
+from tests.helpers import free_port
 
-pytestmark = pytest.mark.compose
+pytestmark = [pytest.mark.compose, pytest.mark.slow]
 
 ROOT = Path(__file__).parents[2]
 PROJECT = "mnist-serving-compose-test"
@@ -52,15 +52,9 @@ if _REASON:
     pytest.skip(_REASON, allow_module_level=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-LB_PORT = _free_port()
-LB_HTTP_PORT = _free_port()
-PROMETHEUS_PORT = _free_port()
+LB_PORT = free_port()
+LB_HTTP_PORT = free_port()
+PROMETHEUS_PORT = free_port()
 ENV = {
     **os.environ,
     "MNIST_SERVING_IMAGE_TAG": TAG,

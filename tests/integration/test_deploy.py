@@ -20,7 +20,7 @@ import yaml
 
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
-from tests.server_process import ServerProcess
+from tests.helpers import free_port
 
 ROOT = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent
@@ -201,12 +201,6 @@ def test_kubernetes_manifests_validate():
 # balancing, retries and /ready checks are exactly what the compose `lb` service runs.
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def render_haproxy(directory: Path, replicas: list, port: int, http_port: int | None = None) -> Path:
     text = HAPROXY_CFG.read_text()
     templates = re.findall(r"^\s*server-template .*$", text, re.MULTILINE)
@@ -221,8 +215,8 @@ def render_haproxy(directory: Path, replicas: list, port: int, http_port: int | 
         )
         text = text.replace(template, servers)
     text = text.replace("bind :50051", f"bind 127.0.0.1:{port}")
-    text = text.replace("bind :8080", f"bind 127.0.0.1:{http_port or _free_port()}")
-    text = text.replace("bind :8404", f"bind 127.0.0.1:{_free_port()}")
+    text = text.replace("bind :8080", f"bind 127.0.0.1:{http_port or free_port()}")
+    text = text.replace("bind :8404", f"bind 127.0.0.1:{free_port()}")
     conf = directory / "haproxy.cfg"
     conf.write_text(text)
     return conf
@@ -263,10 +257,9 @@ def test_haproxy_refuses_slow_heads_and_announced_large_bodies_itself(tmp_path):
     """Through the shipped config: a caller that never finishes its headers is closed at the
     head timeout (408), and a body announced over the cap is refused (413) before a replica
     sees it."""
-    import socket
 
-    http_port = _free_port()
-    conf = render_haproxy(tmp_path, [], _free_port(), http_port)
+    http_port = free_port()
+    conf = render_haproxy(tmp_path, [], free_port(), http_port)
     haproxy = subprocess.Popen([HAPROXY, "-db", "-f", str(conf)], stderr=subprocess.PIPE, env=_haproxy_env())
     try:
         deadline = time.monotonic() + 30
@@ -302,16 +295,14 @@ def _ready(replica) -> int:
 
 
 @needs_haproxy
-def test_haproxy_spreads_one_connection_and_a_draining_replica_loses_no_call(
-    model_repository, mnist, tmp_path
-):
-    replicas = [ServerProcess(model_repository, log_path=tmp_path / f"server{i}.log") for i in range(2)]
+def test_haproxy_spreads_one_connection_and_a_draining_replica_loses_no_call(start_server, mnist, tmp_path):
+    replicas = [start_server(wait=False) for _ in range(2)]
     haproxy = None
     try:
         for replica in replicas:
             replica.wait_serving()
         assert all(_ready(r) == 200 for r in replicas)
-        port, http_port = _free_port(), _free_port()
+        port, http_port = free_port(), free_port()
         conf = render_haproxy(tmp_path, replicas, port, http_port)
         haproxy = subprocess.Popen(
             [HAPROXY, "-db", "-f", str(conf)], stderr=subprocess.PIPE, text=True, env=_haproxy_env()
@@ -378,10 +369,8 @@ def test_haproxy_spreads_one_connection_and_a_draining_replica_loses_no_call(
         assert replicas[0].stop() == 0
         assert set(codes) <= {"OK", "UNAVAILABLE"}, codes
         assert codes.get("OK", 0) > 0, codes
-        assert "calls unanswered" not in (tmp_path / "server0.log").read_text()
+        assert "calls unanswered" not in replicas[0].log_text()
     finally:
         if haproxy is not None:
             haproxy.terminate()
             haproxy.wait(timeout=30)
-        for replica in replicas:
-            replica.stop()

@@ -10,9 +10,15 @@ from onnx import numpy_helper
 
 from mnist_serving.common import model_repository
 from mnist_serving.common.contract import INPUT, MODEL_NAME, OUTPUT_LABEL, OUTPUT_PROBABILITIES
-from mnist_serving.export.cli import export_run
-from mnist_serving.export.cli import main as export_main
-from mnist_serving.export.parity import ParityError
+
+
+@pytest.fixture(scope="module")
+def export():
+    """The export step (it imports torch), imported by the tests that use it: collecting the
+    suite on every parallel worker does not pay for it."""
+    from mnist_serving.export import cli, parity
+
+    return cli, parity
 
 
 def _perturb(proto: onnx.ModelProto) -> None:
@@ -59,35 +65,35 @@ def test_int8_variant_published_with_its_report(model_repository):
     assert ops & {"MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinear"}
 
 
-def test_parity_failure_publishes_nothing(tmp_path, trained_run, mnist):
+def test_parity_failure_publishes_nothing(export, tmp_path, trained_run, mnist):
     repository = tmp_path / "models"
-    with pytest.raises(ParityError, match="max"):
-        export_run(trained_run, repository, mnist, transform=_perturb)
+    with pytest.raises(export[1].ParityError, match="max"):
+        export[0].export_run(trained_run, repository, mnist, transform=_perturb)
     assert model_repository.list_versions(repository, MODEL_NAME) == []
     # No version, and no staging directory left behind for a server to trip over.
     assert not (repository / MODEL_NAME).exists() or list((repository / MODEL_NAME).iterdir()) == []
 
 
-def test_cli_exports_newest_run_into_next_version(tmp_path, trained_run, capsys):
+def test_cli_exports_newest_run_into_next_version(export, tmp_path, trained_run, capsys):
     repository = tmp_path / "models"
     (repository / "mnist" / "4").mkdir(parents=True)  # an empty stray: versions still increase
-    assert export_main([str(trained_run), "--model-repository", str(repository)]) == 0
+    assert export[0].main([str(trained_run), "--model-repository", str(repository)]) == 0
     assert model_repository.list_versions(repository, "mnist") == [4, 5]
     assert (repository / "mnist" / "5" / "model.onnx").is_file()
     assert "10000/10000 labels equal" in capsys.readouterr().out
 
 
-def test_cli_without_runs_is_a_clear_error(tmp_path, capsys):
-    assert export_main(["--runs-dir", str(tmp_path / "none"), "--model-repository", str(tmp_path)]) == 2
+def test_cli_without_runs_is_a_clear_error(export, tmp_path, capsys):
+    assert export[0].main(["--runs-dir", str(tmp_path / "none"), "--model-repository", str(tmp_path)]) == 2
     assert "no trained run" in capsys.readouterr().err
 
 
-def test_one_shot_jobs_skip_when_a_model_is_published(model_repository, tmp_path, capsys):
+def test_one_shot_jobs_skip_when_a_model_is_published(export, model_repository, tmp_path, capsys):
     from mnist_serving.train.cli import main as train_main
 
     assert train_main(["--skip-if-published", str(model_repository), "--runs-dir", str(tmp_path)]) == 0
     assert (
-        export_main(
+        export[0].main(
             ["--skip-if-published", "--model-repository", str(model_repository), "--runs-dir", str(tmp_path)]
         )
         == 0

@@ -7,7 +7,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
-from tests.unit.test_decode_pool import scan
+from tests.helpers import scan
 
 
 def test_a_health_check_started_during_a_heavy_batch_is_answered_first(server):

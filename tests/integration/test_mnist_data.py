@@ -25,7 +25,7 @@ def test_known_facts(mnist):
 def _write_dir(directory, mnist, gz):
     directory.mkdir()
     for name, stem in mnist_data.IDX_FILES.items():
-        write_idx(directory / (stem + (".gz" if gz else "")), getattr(mnist, name))
+        write_idx(directory / (stem + (".gz" if gz else "")), getattr(mnist, name), compresslevel=1)
     return directory
 
 

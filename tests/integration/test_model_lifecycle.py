@@ -13,7 +13,6 @@ import pytest
 from mnist_serving.common import model_repository as repo_layout
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
-from tests.server_process import ServerProcess
 
 
 def publish_copy(source_dir, repository, mutate=None):
@@ -46,9 +45,8 @@ def wait_metric(server, name, minimum, **labels):
     raise AssertionError(f"{name}{labels} never reached {minimum}")
 
 
-def test_hot_reload_under_a_stream_loses_nothing(live_repo, mnist, onnx_reference, tmp_path):
-    server = ServerProcess(live_repo, "--poll-interval", "0.1", log_path=tmp_path / "log")
-    server.wait_serving()
+def test_hot_reload_under_a_stream_loses_nothing(start_server, live_repo, mnist, onnx_reference):
+    server = start_server("--poll-interval", "0.1", repository=live_repo)
     original = live_repo / "mnist" / "1"
     seen_v2 = threading.Event()
     versions: list[str] = []
@@ -89,9 +87,8 @@ def test_hot_reload_under_a_stream_loses_nothing(live_repo, mnist, onnx_referenc
 
 
 @pytest.mark.parametrize("breakage", ["corrupt onnx", "missing onnx", "failed parity", "wrong contract"])
-def test_broken_new_version_is_refused_and_the_old_keeps_serving(live_repo, mnist, tmp_path, breakage):
-    server = ServerProcess(live_repo, "--poll-interval", "0.1", log_path=tmp_path / "log")
-    server.wait_serving()
+def test_broken_new_version_is_refused_and_the_old_keeps_serving(start_server, live_repo, mnist, breakage):
+    server = start_server("--poll-interval", "0.1", repository=live_repo)
     original = live_repo / "mnist" / "1"
 
     def mutate(staging):
@@ -123,16 +120,15 @@ def test_broken_new_version_is_refused_and_the_old_keeps_serving(live_repo, mnis
             stub = pb_grpc.ClassifierStub(channel)
             response = stub.Classify(pb.ClassifyRequest(image=pb.Image(raw=mnist.x_test[0].tobytes())))
         assert response.model_version == "1" and response.prediction.label == 7
-        assert "refused model mnist version 2" in (tmp_path / "log").read_text()
+        assert "refused model mnist version 2" in server.log_text()
     finally:
         assert server.stop() == 0
 
 
-def test_removed_versions_roll_back_then_keep_serving_from_memory(live_repo, mnist, tmp_path):
+def test_removed_versions_roll_back_then_keep_serving_from_memory(start_server, live_repo, mnist, tmp_path):
     """The repository is the source of truth: removing the newest version rolls back to the
     newest one left; removing every version keeps the loaded one serving."""
-    server = ServerProcess(live_repo, "--poll-interval", "0.1", log_path=tmp_path / "log")
-    server.wait_serving()
+    server = start_server("--poll-interval", "0.1", repository=live_repo)
 
     def classify():
         with grpc.insecure_channel(server.address) as channel:
@@ -157,40 +153,33 @@ def test_removed_versions_roll_back_then_keep_serving_from_memory(live_repo, mni
         assert server.stop() == 0
 
 
-def test_request_id_is_echoed_and_logged_in_json(live_repo, mnist, tmp_path):
-    server = ServerProcess(live_repo, "--log-format", "json", log_path=tmp_path / "log")
-    server.wait_serving()
-    try:
-        with grpc.insecure_channel(server.address) as channel:
-            stub = pb_grpc.ClassifierStub(channel)
-            _, call = stub.Classify.with_call(
-                pb.ClassifyRequest(image=pb.Image(raw=mnist.x_test[0].tobytes())),
-                metadata=(("x-request-id", "abc-123"),),
+def test_request_id_is_echoed_and_logged_in_json(start_server, live_repo, mnist):
+    server = start_server("--log-format", "json", repository=live_repo)
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.ClassifierStub(channel)
+        _, call = stub.Classify.with_call(
+            pb.ClassifyRequest(image=pb.Image(raw=mnist.x_test[0].tobytes())),
+            metadata=(("x-request-id", "abc-123"),),
+        )
+        assert ("x-request-id", "abc-123") in tuple(call.trailing_metadata())
+        _, call = stub.Classify.with_call(pb.ClassifyRequest(image=pb.Image(raw=mnist.x_test[0].tobytes())))
+        generated = dict(call.trailing_metadata())["x-request-id"]
+        assert len(generated) >= 16 and generated != "abc-123"
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Classify(
+                pb.ClassifyRequest(image=pb.Image(raw=b"123")), metadata=(("x-request-id", "bad-1"),)
             )
-            assert ("x-request-id", "abc-123") in tuple(call.trailing_metadata())
-            _, call = stub.Classify.with_call(
-                pb.ClassifyRequest(image=pb.Image(raw=mnist.x_test[0].tobytes()))
-            )
-            generated = dict(call.trailing_metadata())["x-request-id"]
-            assert len(generated) >= 16 and generated != "abc-123"
-            with pytest.raises(grpc.RpcError) as info:
-                stub.Classify(
-                    pb.ClassifyRequest(image=pb.Image(raw=b"123")), metadata=(("x-request-id", "bad-1"),)
-                )
-            assert dict(info.value.trailing_metadata())["x-request-id"] == "bad-1"
-    finally:
-        assert server.stop() == 0
-    lines = [json.loads(line) for line in (tmp_path / "log").read_text().splitlines()]
+        assert dict(info.value.trailing_metadata())["x-request-id"] == "bad-1"
+    lines = [json.loads(line) for line in server.log_text().splitlines()]
     failure = next(line for line in lines if line.get("request_id") == "bad-1")
     assert failure["code"] == "INVALID_ARGUMENT" and "image.raw" in failure["message"]
     assert any("listening on" in line["message"] for line in lines)
     assert any("batching on" in line["message"] for line in lines)
 
 
-def test_sigterm_under_load_loses_no_accepted_request(live_repo, mnist, tmp_path):
+def test_sigterm_under_load_loses_no_accepted_request(start_server, live_repo, mnist):
     """Many callers; SIGTERM mid-way: every call is answered correctly or refused UNAVAILABLE."""
-    server = ServerProcess(live_repo, log_path=tmp_path / "log")
-    server.wait_serving()
+    server = start_server(repository=live_repo)
     results: list[tuple[str, object]] = []
     lock = threading.Lock()
     started = threading.Barrier(9)

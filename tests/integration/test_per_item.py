@@ -1,7 +1,6 @@
 """Per-item results: one bad image in a batch or stream costs that image, not the request."""
 
 import asyncio
-import io
 import time
 
 import grpc
@@ -13,18 +12,11 @@ from mnist_serving.client import Client
 from mnist_serving.common.contract import NO_DIGIT_FOUND, NO_LABEL
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
-
-
-def _png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
+from tests.helpers import encode
 
 
 def _jpeg(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).resize((200, 200)).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
+    return encode(Image.fromarray(pixels).resize((200, 200)), "JPEG", quality=90)
 
 
 def _mixed_batch(mnist) -> tuple[list[pb.Image], dict[int, str]]:
@@ -33,7 +25,7 @@ def _mixed_batch(mnist) -> tuple[list[pb.Image], dict[int, str]]:
     images = [
         pb.Image(raw=x[0].tobytes()),
         pb.Image(encoded=b"\x89PNG\r\n\x1a\n not really a png"),
-        pb.Image(encoded=_png(x[1])),
+        pb.Image(encoded=encode(x[1])),
         pb.Image(encoded=_jpeg(x[2])[:300]),  # truncated JPEG
         pb.Image(raw=bytes(3)),
         pb.Image(encoded=_jpeg(x[3])),
@@ -143,14 +135,14 @@ def test_a_call_the_caller_cancels_is_counted_cancelled(server, mnist):
 
 
 def test_a_blank_image_is_no_digit_found_alone_and_in_a_batch(server, mnist):
-    blank = _png(np.full((120, 160), 238, np.uint8))
+    blank = encode(np.full((120, 160), 238, np.uint8))
     with grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.ClassifierStub(channel)
         with pytest.raises(grpc.RpcError) as alone:
             stub.Classify(pb.ClassifyRequest(image=pb.Image(encoded=blank)), timeout=30)
         assert alone.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert alone.value.details().startswith(f"image.encoded: {NO_DIGIT_FOUND}")
-        images = [pb.Image(encoded=_png(255 - mnist.x_test[0])), pb.Image(encoded=blank)]
+        images = [pb.Image(encoded=encode(255 - mnist.x_test[0])), pb.Image(encoded=blank)]
         response = stub.ClassifyBatch(pb.ClassifyBatchRequest(images=images), timeout=30)
     assert [(e.index, e.code) for e in response.errors] == [(1, "INVALID_ARGUMENT")]
     assert NO_DIGIT_FOUND in response.errors[0].message
@@ -179,7 +171,7 @@ def test_hostile_encodings_are_per_item_errors_over_grpc_rest_and_the_cli(server
     from tests.batch_cli import EXE
 
     hostile = {"dds.png": _dds(), "mutated.tiff": (DATA / "mutated.tiff").read_bytes()}
-    good = _png(255 - mnist.x_test[0])
+    good = encode(255 - mnist.x_test[0])
     images = [pb.Image(encoded=good)] + [pb.Image(encoded=b) for b in hostile.values()]
     with grpc.insecure_channel(server.address) as channel:
         response = pb_grpc.ClassifierStub(channel).ClassifyBatch(

@@ -7,11 +7,11 @@ API) say where the work ran; the rows must equal the local engine's, byte for by
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,16 +24,13 @@ import pytest
 from PIL import Image
 
 from tests.batch_cli import classify, messy_inbox, rows
+from tests.helpers import free_port
 
-pytest.importorskip("ray.data", reason="the Ray engine needs the [batch] extra")
+if importlib.util.find_spec("ray") is None:  # found, not imported: collecting stays cheap
+    pytest.skip("the Ray engine needs the [batch] extra", allow_module_level=True)
+pytestmark = pytest.mark.slow  # starts real Ray clusters
 
 RAY = str(Path(sys.executable).parent / "ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ray_env(tmp_path: Path) -> dict:
@@ -67,7 +64,7 @@ class RayCluster:
 
     def __init__(self, root: Path, env: dict) -> None:
         self.root, self.env = root, env
-        self.port, self.dashboard = _free_port(), _free_port()
+        self.port, self.dashboard = free_port(), free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.nodes: list[subprocess.Popen] = []
         # Ray's Unix sockets live under its temp dir, and their paths must fit in 107 bytes.
@@ -179,7 +176,7 @@ def test_the_bearer_token_reaches_actors_by_reference_never_as_an_argument(tmp_p
     an object-store reference, and each actor fetches the token itself."""
     code = """
 import ray
-from mnist_serving.client.ray_engine import BackendSpec
+from mnist_serving.client.batch.ray_engine import BackendSpec
 ray.init(num_cpus=1, include_dashboard=False)
 spec = BackendSpec(client={"server": "127.0.0.1:1", "token": "s3cret-token"})
 shown = spec.without_secrets()

@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sys
 import threading
 import time
@@ -24,10 +23,11 @@ from mnist_serving.common import model_repository as layout
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
 from tests.process_tree import descendants
-from tests.server_process import ServerProcess
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
 import soak  # noqa: E402
+
+from tests.helpers import digit_file, free_port
 
 SOAK_SECONDS = 12
 
@@ -36,15 +36,12 @@ def _fds(pid: int) -> int:
     return len(list(Path(f"/proc/{pid}/fd").iterdir()))
 
 
-def test_short_soak_mixing_every_api(model_repository, mnist, onnx_reference, tmp_path):
-    server = ServerProcess(model_repository, log_path=tmp_path / "log")
-    server.wait_serving()
-    try:
-        result = asyncio.run(
-            soak.soak(server.address, server.process.pid, SOAK_SECONDS, 16, mnist.x_test, onnx_reference[1])
-        )
-    finally:
-        assert server.stop() == 0
+@pytest.mark.slow
+def test_short_soak_mixing_every_api(start_server, mnist, onnx_reference):
+    server = start_server()
+    result = asyncio.run(
+        soak.soak(server.address, server.process.pid, SOAK_SECONDS, 16, mnist.x_test, onnx_reference[1])
+    )
     assert result["sent"] > 500 and all(result["by_api"][api] > 0 for api in soak.APIS)
     assert (result["lost"], result["wrong"], result["refused"]) == (0, 0, 0), result["failures"]
     assert result["answered"] == result["sent"]
@@ -89,32 +86,19 @@ def test_vanishing_cancelling_and_silent_clients_leave_nothing_behind(server, mn
     assert _fds(server.process.pid) <= baseline_fds + 8
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_client_retries_succeed_against_a_restarted_server(model_repository, mnist, tmp_path):
-    port = str(_free_port())
-    first = ServerProcess(model_repository, "--port", port, log_path=tmp_path / "first.log")
-    first.wait_serving()
+def test_client_retries_succeed_against_a_restarted_server(start_server, mnist):
+    port = str(free_port())
+    first = start_server("--port", port)
     with Client(f"127.0.0.1:{port}", retries=10, backoff=0.1, timeout=10) as client:
         assert client.classify(mnist.x_test[0]).label == 7
         assert first.stop() == 0
-        holder = {}
-        restart = threading.Thread(
-            target=lambda: holder.setdefault(
-                "server", ServerProcess(model_repository, "--port", port, log_path=tmp_path / "second.log")
-            )
-        )
+        restart = threading.Thread(target=start_server, args=("--port", port), kwargs={"wait": False})
         restart.start()
         try:
             # Sent while no server is listening: UNAVAILABLE, retried with backoff until the new one answers.
             assert client.classify(mnist.x_test[1]).label == 2
         finally:
             restart.join()
-            holder["server"].stop()
 
 
 def expected_labels(repository: Path, mnist) -> np.ndarray:
@@ -148,39 +132,36 @@ def _wait_gone(pid: int, timeout: float = 30) -> None:
     raise AssertionError(f"process {pid} did not exit")
 
 
-def test_a_killed_worker_is_replaced_and_the_others_keep_serving(model_repository, mnist, tmp_path):
-    log = tmp_path / "log"
-    server = ServerProcess(model_repository, "--workers", "2", "--metrics-port", "-1", log_path=log)
-    try:
-        _wait_log(log, r"ready: health SERVING", 2)
-        pids = [int(m.group(2)) for m in _wait_log(log, r"worker (\d) started \(pid (\d+)\)", 2)]
-        victim = pids[0]
-        os.kill(victim, signal.SIGKILL)
-        _wait_gone(victim)  # its listening socket is closed once the process is gone
-        expected = [int(x) for x in expected_labels(model_repository, mnist)[:60]]
-        # New connections without retries: counted, not hidden. While the replacement worker
-        # starts, the kernel can hand a new connection to its socket before it accepts; such
-        # a call fails UNAVAILABLE (retryable), never with a wrong answer or another status.
-        lost: list[str] = []
-        for i in range(60):
-            with Client(server.address, retries=0) as client:
-                try:
-                    assert client.classify(mnist.x_test[i]).label == expected[i]
-                except ClassifyError as exc:
-                    lost.append(exc.code)
-        assert set(lost) <= {"UNAVAILABLE"} and len(lost) <= 6, lost
-        # With the client library's default retries, none is lost.
-        labels = []
-        for i in range(60):
-            with Client(server.address) as client:
-                labels.append(client.classify(mnist.x_test[i]).label)
-        assert labels == expected
-        restarted = _wait_log(log, r"worker 0 started \(pid (\d+)\)", 2)
-        assert int(restarted[-1].group(1)) != victim
-        _wait_log(log, r"ready: health SERVING", 3)
-        assert "exited with -9; restarting" in log.read_text()
-    finally:
-        assert server.stop() == 0
+def test_a_killed_worker_is_replaced_and_the_others_keep_serving(start_server, model_repository, mnist):
+    server = start_server("--workers", "2", "--metrics-port", "-1", wait=False)
+    log = server.log_path
+    _wait_log(log, r"ready: health SERVING", 2)
+    pids = [int(m.group(2)) for m in _wait_log(log, r"worker (\d) started \(pid (\d+)\)", 2)]
+    victim = pids[0]
+    os.kill(victim, signal.SIGKILL)
+    _wait_gone(victim)  # its listening socket is closed once the process is gone
+    expected = [int(x) for x in expected_labels(model_repository, mnist)[:60]]
+    # New connections without retries: counted, not hidden. While the replacement worker
+    # starts, the kernel can hand a new connection to its socket before it accepts; such
+    # a call fails UNAVAILABLE (retryable), never with a wrong answer or another status.
+    lost: list[str] = []
+    for i in range(60):
+        with Client(server.address, retries=0) as client:
+            try:
+                assert client.classify(mnist.x_test[i]).label == expected[i]
+            except ClassifyError as exc:
+                lost.append(exc.code)
+    assert set(lost) <= {"UNAVAILABLE"} and len(lost) <= 6, lost
+    # With the client library's default retries, none is lost.
+    labels = []
+    for i in range(60):
+        with Client(server.address) as client:
+            labels.append(client.classify(mnist.x_test[i]).label)
+    assert labels == expected
+    restarted = _wait_log(log, r"worker 0 started \(pid (\d+)\)", 2)
+    assert int(restarted[-1].group(1)) != victim
+    _wait_log(log, r"ready: health SERVING", 3)
+    assert "exited with -9; restarting" in log.read_text()
 
 
 def test_export_crash_half_way_publishes_nothing(tmp_path, model_repository):
@@ -204,9 +185,8 @@ def test_export_crash_half_way_publishes_nothing(tmp_path, model_repository):
     assert layout.published_model(repository, "mnist") == repository / "mnist" / "1" / "model.onnx"
 
 
-def test_token_refusals_hold_under_load(model_repository, mnist, tmp_path):
-    server = ServerProcess(model_repository, "--auth-token", "s3cret", log_path=tmp_path / "log")
-    server.wait_serving()
+def test_token_refusals_hold_under_load(start_server, mnist):
+    server = start_server("--auth-token", "s3cret")
     outcomes: list[tuple[bool, str]] = []
     lock = threading.Lock()
 
@@ -241,51 +221,36 @@ def test_token_refusals_hold_under_load(model_repository, mnist, tmp_path):
     assert json.dumps(outcomes).count("UNAUTHENTICATED") == 400
 
 
-def test_the_decode_pool_heals_after_every_child_is_killed(model_repository, mnist, tmp_path):
+def test_the_decode_pool_heals_after_every_child_is_killed(start_server, mnist):
     """As the OOM killer would: kill -9 of every process the server started (the decode
     workers and their fork server). Encoded images are decoded again at once; none fails."""
-    import io
 
-    from PIL import Image
-
-    server = ServerProcess(model_repository, "--decode-workers", "1", log_path=tmp_path / "log")
-    try:
-        server.wait_serving()
-        buffer = io.BytesIO()
-        Image.fromarray(255 - mnist.x_test[0]).save(buffer, "PNG")
-        image = pb.Image(encoded=buffer.getvalue())
-        with grpc.insecure_channel(server.address) as channel:
-            stub = pb_grpc.ClassifierStub(channel)
-            assert stub.Classify(pb.ClassifyRequest(image=image), timeout=30).prediction.label == 7
-            victims = descendants(server.process.pid)
-            assert victims, "no decode processes to kill"
-            for pid in victims:
-                os.kill(pid, signal.SIGKILL)
-            for pid in victims:
-                _wait_gone(pid)
-            batch = pb.ClassifyBatchRequest(images=[image] * 20)
-            for _ in range(5):
-                response = stub.ClassifyBatch(batch, timeout=60)
-                assert not response.errors and set(response.labels) == {7}
-        assert "ready" in server.log_text() and descendants(server.process.pid)
-    finally:
-        assert server.stop() == 0
+    server = start_server("--decode-workers", "1")
+    image = pb.Image(encoded=digit_file(mnist.x_test[0]))
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.ClassifierStub(channel)
+        assert stub.Classify(pb.ClassifyRequest(image=image), timeout=30).prediction.label == 7
+        victims = descendants(server.process.pid)
+        assert victims, "no decode processes to kill"
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        for pid in victims:
+            _wait_gone(pid)
+        batch = pb.ClassifyBatchRequest(images=[image] * 20)
+        for _ in range(5):
+            response = stub.ClassifyBatch(batch, timeout=60)
+            assert not response.errors and set(response.labels) == {7}
+    assert "ready" in server.log_text() and descendants(server.process.pid)
 
 
-def test_ctrl_c_on_the_process_group_drains_without_tracebacks(model_repository, mnist, tmp_path):
+def test_ctrl_c_on_the_process_group_drains_without_tracebacks(start_server, mnist):
     """A terminal's Ctrl-C reaches the whole process group: the server, its fork server and
     its decode workers. The server drains and exits 0; the others print nothing."""
-    import io
 
-    from PIL import Image
-
-    log = tmp_path / "log"
-    server = ServerProcess(model_repository, "--decode-workers", "2", log_path=log, prefix=("setsid",))
-    server.wait_serving()
-    buffer = io.BytesIO()
-    Image.fromarray(255 - mnist.x_test[0]).save(buffer, "PNG")
+    server = start_server("--decode-workers", "2", prefix=("setsid",))
+    log = server.log_path
     with grpc.insecure_channel(server.address) as channel:  # the decode workers have worked
-        request = pb.ClassifyBatchRequest(images=[pb.Image(encoded=buffer.getvalue())] * 4)
+        request = pb.ClassifyBatchRequest(images=[pb.Image(encoded=digit_file(mnist.x_test[0]))] * 4)
         assert not pb_grpc.ClassifierStub(channel).ClassifyBatch(request, timeout=30).errors
     assert os.getpgid(server.process.pid) == server.process.pid  # its own group, as in a terminal
     os.killpg(server.process.pid, signal.SIGINT)

@@ -14,8 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.server_process import ServerProcess
-
 HERE = Path(__file__).parent
 
 
@@ -236,61 +234,53 @@ def test_the_own_classify_call_returns_what_the_model_saw(server):
     assert abs(sum(answer["probabilities"]) - 1) < 1e-4
 
 
-def test_tokens_as_on_grpc_and_health_stays_open(model_repository, mnist, tmp_path):
-    server = ServerProcess(model_repository, "--auth-token", "s3cret", log_path=tmp_path / "log")
-    try:
-        server.wait_serving()
-        url = f"{server.http_url}/v2/models/mnist/infer"
-        status, _, answer = http(url, json_infer(mnist.x_test[:1]))
-        assert status == 401 and "authorization" in answer["error"]
-        status, _, answer = http(url, json_infer(mnist.x_test[:1]), {"authorization": "Bearer wrong"})
-        assert status == 401 and "invalid bearer token" in answer["error"]
-        status, _, _ = http(url, json_infer(mnist.x_test[:1]), {"authorization": "Bearer s3cret"})
-        assert status == 200
-        assert http(f"{server.http_url}/v2/health/ready")[0] == 200
-        assert http(f"{server.http_url}/v2/health/live")[0] == 200
-    finally:
-        assert server.stop() == 0
+def test_tokens_as_on_grpc_and_health_stays_open(start_server, mnist):
+    server = start_server("--auth-token", "s3cret")
+    url = f"{server.http_url}/v2/models/mnist/infer"
+    status, _, answer = http(url, json_infer(mnist.x_test[:1]))
+    assert status == 401 and "authorization" in answer["error"]
+    status, _, answer = http(url, json_infer(mnist.x_test[:1]), {"authorization": "Bearer wrong"})
+    assert status == 401 and "invalid bearer token" in answer["error"]
+    status, _, _ = http(url, json_infer(mnist.x_test[:1]), {"authorization": "Bearer s3cret"})
+    assert status == 200
+    assert http(f"{server.http_url}/v2/health/ready")[0] == 200
+    assert http(f"{server.http_url}/v2/health/live")[0] == 200
 
 
-def test_a_body_over_the_limit_is_413_before_it_is_read(model_repository, tmp_path):
+def test_a_body_over_the_limit_is_413_before_it_is_read(start_server):
     """By its Content-Length before a byte of it is read, or by counting a chunked body."""
     import http.client
     import socket
 
-    server = ServerProcess(model_repository, "--max-http-body-mb", "1", log_path=tmp_path / "log")
+    server = start_server("--max-http-body-mb", "1")
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=30) as sock:
+        head = f"POST /v2/models/mnist/infer HTTP/1.1\r\nhost: x\r\ncontent-length: {64 * 2**20}\r\n\r\n"
+        sock.sendall(head.encode())  # and nothing of the 64 MB it announces
+        answer = b""
+        while b"}" not in answer and (part := sock.recv(65536)):  # the head, then the JSON error
+            answer += part
+        answer = answer.decode(errors="replace")
+    assert answer.startswith("HTTP/1.1 413") and "at most 1048576" in answer, answer[:300]
+
+    def chunks():
+        for _ in range(40):  # 2.5 MB in 64 KiB chunks, no Content-Length
+            yield b"[" * 65536
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
     try:
-        server.wait_serving()
-        with socket.create_connection(("127.0.0.1", server.http_port), timeout=30) as sock:
-            head = f"POST /v2/models/mnist/infer HTTP/1.1\r\nhost: x\r\ncontent-length: {64 * 2**20}\r\n\r\n"
-            sock.sendall(head.encode())  # and nothing of the 64 MB it announces
-            answer = b""
-            while b"}" not in answer and (part := sock.recv(65536)):  # the head, then the JSON error
-                answer += part
-            answer = answer.decode(errors="replace")
-        assert answer.startswith("HTTP/1.1 413") and "at most 1048576" in answer, answer[:300]
-
-        def chunks():
-            for _ in range(40):  # 2.5 MB in 64 KiB chunks, no Content-Length
-                yield b"[" * 65536
-
-        connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
-        try:
-            connection.request("POST", "/v2/models/mnist/infer", body=chunks(), encode_chunked=True)
-            response = connection.getresponse()
-            status, text = response.status, response.read().decode()
-        except (BrokenPipeError, ConnectionResetError):  # it may close before the rest is sent
-            status, text = None, ""
-        finally:
-            connection.close()
-        assert status is None or (status == 413 and "over 1048576 bytes" in text), (status, text)
-        refused = server.metric("mnist_serving_requests_total", method="ModelInfer", code="INVALID_ARGUMENT")
-        assert refused == 2  # both bodies refused as too large, neither read whole
+        connection.request("POST", "/v2/models/mnist/infer", body=chunks(), encode_chunked=True)
+        response = connection.getresponse()
+        status, text = response.status, response.read().decode()
+    except (BrokenPipeError, ConnectionResetError):  # it may close before the rest is sent
+        status, text = None, ""
     finally:
-        assert server.stop() == 0
+        connection.close()
+    assert status is None or (status == 413 and "over 1048576 bytes" in text), (status, text)
+    refused = server.metric("mnist_serving_requests_total", method="ModelInfer", code="INVALID_ARGUMENT")
+    assert refused == 2  # both bodies refused as too large, neither read whole
 
 
-def test_slow_idle_and_oversized_heads_are_closed_and_grpc_health_stays_quick(model_repository, tmp_path):
+def test_slow_idle_and_oversized_heads_are_closed_and_grpc_health_stays_quick(start_server):
     """200 connections that never finish their headers are closed at the head deadline (408),
     a head over 64 KiB gets 431, and gRPC health answers at once meanwhile."""
     import socket
@@ -298,10 +288,9 @@ def test_slow_idle_and_oversized_heads_are_closed_and_grpc_health_stays_quick(mo
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    server = ServerProcess(model_repository, "--http-header-timeout", "1", log_path=tmp_path / "log")
+    server = start_server("--http-header-timeout", "1")
     sockets = []
     try:
-        server.wait_serving()
         for i in range(200):
             sock = socket.create_connection(("127.0.0.1", server.http_port), timeout=30)
             if i % 2:
@@ -349,14 +338,13 @@ def test_idle_connections_to_the_metrics_port_are_bounded_and_dropped(server):
     assert "mnist_serving_requests_total" in server.metrics_text()
 
 
-def test_a_stalled_upload_does_not_extend_the_shutdown(model_repository, tmp_path):
+def test_a_stalled_upload_does_not_extend_the_shutdown(start_server):
     """An upload that stops sending holds its call open; SIGTERM still ends the server at the
     end of --grace (the REST port gets what is left of it, not a second grace period)."""
     import signal
     import socket
 
-    server = ServerProcess(model_repository, "--grace", "3", log_path=tmp_path / "log")
-    server.wait_serving()
+    server = start_server("--grace", "3")
     with socket.create_connection(("127.0.0.1", server.http_port), timeout=30) as sock:
         sock.sendall(b"POST /v2/models/mnist/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n{")
         deadline = time.monotonic() + 30
@@ -372,27 +360,30 @@ def test_a_stalled_upload_does_not_extend_the_shutdown(model_repository, tmp_pat
 
 
 @pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs util-linux's prlimit")
-def test_connections_beyond_the_cap_are_refused_and_the_other_ports_unharmed(model_repository, tmp_path):
+def test_connections_beyond_the_cap_are_refused_and_the_other_ports_unharmed(start_server):
     """Under 400 open files the HTTP port takes (400 - 256) / 2 = 72 connections; the others
     get 503 and are closed at once, and gRPC health and the metrics port keep answering."""
+    import selectors
     import socket
 
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     limit = ("prlimit", "--nofile=400:400")
-    server = ServerProcess(model_repository, prefix=limit, log_path=tmp_path / "log")
+    server = start_server(prefix=limit)
     sockets = []
     try:
-        server.wait_serving()
         sockets = [socket.create_connection(("127.0.0.1", server.http_port), timeout=30) for _ in range(150)]
+        # Refusals come at once; a connection within the cap waits for its head and says nothing.
         refused = 0
-        for sock in sockets:
-            sock.settimeout(1.0)
-            try:
-                refused += sock.recv(64).startswith(b"HTTP/1.1 503")
-            except TimeoutError:  # a connection within the cap, waiting for its head
-                pass
+        with selectors.DefaultSelector() as waiting:
+            for sock in sockets:
+                waiting.register(sock, selectors.EVENT_READ)
+            deadline = time.monotonic() + 2.0
+            while waiting.get_map() and (left := deadline - time.monotonic()) > 0:
+                for key, _ in waiting.select(left):
+                    refused += key.fileobj.recv(64).startswith(b"HTTP/1.1 503")
+                    waiting.unregister(key.fileobj)
         assert 150 - 72 - 8 <= refused <= 150 - 72, refused
         with grpc.insecure_channel(server.address) as channel:
             health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)

@@ -17,6 +17,7 @@ from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
 from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
+from tests.helpers import dark_on_light, encode
 
 HERE = Path(__file__).parents[1]  # tests/
 
@@ -225,3 +226,17 @@ def test_classify_can_return_what_the_model_saw(client, mnist):
     raw = client.classify(mnist.x_test[0], preprocessed=True)
     np.testing.assert_array_equal(raw.preprocessed, mnist.x_test[0])
     assert client.classify(mnist.x_test[0]).preprocessed is None  # only when asked
+
+
+def test_dark_on_light_pngs_at_other_sizes_are_classified(server, mnist, onnx_reference):
+    """Digits the model gets right in raw form are still right when drawn as PNGs on paper."""
+    labels = onnx_reference[1]
+    chosen = [i for i in range(200) if labels[i] == mnist.y_test[i]][:100]
+    sizes = [(56, 56), (100, 140), (200, 120), (33, 47)]
+    pngs = [encode(dark_on_light(mnist.x_test[i], sizes[k % len(sizes)])) for k, i in enumerate(chosen)]
+    with Client(server.address) as client:
+        result = client.classify_batch(pngs, batch_size=64)
+        single = client.classify(pngs[0])
+    agree = (result.labels == mnist.y_test[chosen]).mean()
+    assert agree >= 0.95, agree
+    assert single.label == mnist.y_test[chosen[0]]

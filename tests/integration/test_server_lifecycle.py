@@ -17,7 +17,6 @@ from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
 from mnist_serving.server.app import MnistServer
 from mnist_serving.server.config import ServerConfig
-from tests.server_process import ServerProcess
 
 NO_PORTS = ["--metrics-port", "-1", "--http-port", "-1"]
 
@@ -152,56 +151,43 @@ def test_a_port_in_use_is_one_line_and_exit_2(model_repository):
     ]
 
 
-def test_metrics_listen_where_told(model_repository, tmp_path):
-    server = ServerProcess(model_repository, "--metrics-host", "127.0.0.1", log_path=tmp_path / "log")
-    try:
-        server.wait_serving()
-        assert "mnist_serving_requests" in server.metrics_text()  # reachable on loopback
-        import socket
+def test_metrics_listen_where_told(start_server):
+    server = start_server("--metrics-host", "127.0.0.1")
+    assert "mnist_serving_requests" in server.metrics_text()  # reachable on loopback
+    import socket
 
-        addresses = {entry[4][0] for entry in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
-        for address in addresses - {"127.0.0.1"}:  # not reachable on the machine's other addresses
-            with socket.socket() as probe:
-                probe.settimeout(5)
-                assert probe.connect_ex((address, server.metrics_port)) != 0
-    finally:
-        assert server.stop() == 0
+    addresses = {entry[4][0] for entry in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
+    for address in addresses - {"127.0.0.1"}:  # not reachable on the machine's other addresses
+        with socket.socket() as probe:
+            probe.settimeout(5)
+            assert probe.connect_ex((address, server.metrics_port)) != 0
 
 
-def test_overload_answers_resource_exhausted_then_recovers(model_repository, mnist, tmp_path):
-    server = ServerProcess(
-        model_repository, "--max-queue", "2", "--max-batch-size", "64", log_path=tmp_path / "log"
-    )
-    server.wait_serving()
-    try:
+def test_overload_answers_resource_exhausted_then_recovers(start_server, mnist):
+    server = start_server("--max-queue", "2", "--max-batch-size", "64")
 
-        async def flood():
-            async with grpc.aio.insecure_channel(server.address) as channel:
-                stub = pb_grpc.ClassifierStub(channel)
-                request = pb.ClassifyBatchRequest(
-                    raw=pb.RawBatch(data=mnist.x_test[:2048].tobytes(), count=2048)
-                )
-                calls = [stub.ClassifyBatch(request, timeout=60) for _ in range(40)]
-                return await asyncio.gather(*calls, return_exceptions=True)
+    async def flood():
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.ClassifierStub(channel)
+            request = pb.ClassifyBatchRequest(raw=pb.RawBatch(data=mnist.x_test[:2048].tobytes(), count=2048))
+            calls = [stub.ClassifyBatch(request, timeout=60) for _ in range(40)]
+            return await asyncio.gather(*calls, return_exceptions=True)
 
-        results = asyncio.run(flood())
-        codes = [r.code() if isinstance(r, grpc.aio.AioRpcError) else grpc.StatusCode.OK for r in results]
-        assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
-        assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes and grpc.StatusCode.OK in codes
-        refused = next(r for r in results if isinstance(r, grpc.aio.AioRpcError))
-        assert "queue full" in refused.details()
-        with grpc.insecure_channel(server.address) as channel:  # full service once load drops
-            response = pb_grpc.ClassifierStub(channel).ClassifyBatch(
-                pb.ClassifyBatchRequest(raw=pb.RawBatch(data=mnist.x_test[:100].tobytes(), count=100))
-            )
-            assert response.count == 100
-    finally:
-        assert server.stop() == 0
+    results = asyncio.run(flood())
+    codes = [r.code() if isinstance(r, grpc.aio.AioRpcError) else grpc.StatusCode.OK for r in results]
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes and grpc.StatusCode.OK in codes
+    refused = next(r for r in results if isinstance(r, grpc.aio.AioRpcError))
+    assert "queue full" in refused.details()
+    with grpc.insecure_channel(server.address) as channel:  # full service once load drops
+        response = pb_grpc.ClassifierStub(channel).ClassifyBatch(
+            pb.ClassifyBatchRequest(raw=pb.RawBatch(data=mnist.x_test[:100].tobytes(), count=100))
+        )
+        assert response.count == 100
 
 
-def test_sigterm_answers_accepted_requests_and_exits_zero(model_repository, mnist, tmp_path):
-    server = ServerProcess(model_repository, log_path=tmp_path / "log")
-    server.wait_serving()
+def test_sigterm_answers_accepted_requests_and_exits_zero(start_server, mnist):
+    server = start_server()
     big = mnist.x_train  # a long job: still running when SIGTERM arrives
     with grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", 256 << 20)]) as ch:
         call = pb_grpc.ClassifierStub(ch).ClassifyBatch.future(
@@ -213,7 +199,7 @@ def test_sigterm_answers_accepted_requests_and_exits_zero(model_repository, mnis
         assert call.result().count == len(big)
     assert server.process.wait(timeout=60) == 0
     server.stop()
-    log = (tmp_path / "log").read_text()
+    log = server.log_text()
     assert "SIGTERM: draining" in log and "stopped" in log
 
 
@@ -228,38 +214,32 @@ def _until_a_slot_frees(call, limit_s: float = 30.0):
                 raise
 
 
-def test_calls_beyond_max_concurrent_rpcs_are_refused_before_any_work(model_repository, mnist, tmp_path):
-    server = ServerProcess(model_repository, "--max-concurrent-rpcs", "1", log_path=tmp_path / "log")
+def test_calls_beyond_max_concurrent_rpcs_are_refused_before_any_work(start_server, mnist):
+    server = start_server("--max-concurrent-rpcs", "1")
     one = pb.ClassifyRequest(image=pb.Image(raw=mnist.x_test[0].tobytes()))
-    try:
-        server.wait_serving()
-        with grpc.insecure_channel(server.address) as channel:
-            stub = pb_grpc.ClassifierStub(channel)
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.ClassifierStub(channel)
 
-            def open_stream():
-                # A queue of its own: a refused attempt's request thread must not take this one's.
-                requests: queue.Queue = queue.Queue()
-                stream = stub.ClassifyStream(iter(requests.get, None), timeout=60)
-                requests.put(
-                    pb.ClassifyBatchRequest(raw=pb.RawBatch(data=mnist.x_test[:1].tobytes(), count=1))
-                )
-                try:
-                    assert next(stream).count == 1
-                except grpc.RpcError:
-                    requests.put(None)
-                    raise
-                return stream, requests
+        def open_stream():
+            # A queue of its own: a refused attempt's request thread must not take this one's.
+            requests: queue.Queue = queue.Queue()
+            stream = stub.ClassifyStream(iter(requests.get, None), timeout=60)
+            requests.put(pb.ClassifyBatchRequest(raw=pb.RawBatch(data=mnist.x_test[:1].tobytes(), count=1)))
+            try:
+                assert next(stream).count == 1
+            except grpc.RpcError:
+                requests.put(None)
+                raise
+            return stream, requests
 
-            stream, requests = _until_a_slot_frees(open_stream)  # the open stream holds the one slot
-            with pytest.raises(grpc.RpcError) as refused:
-                stub.Classify(one, timeout=10)
-            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            requests.put(None)  # the stream ends, its slot frees, and calls are taken again
-            assert list(stream) == []
-            answer = _until_a_slot_frees(lambda: stub.Classify(one, timeout=10))
-            assert answer.prediction.label >= 0
-    finally:
-        assert server.stop() == 0
+        stream, requests = _until_a_slot_frees(open_stream)  # the open stream holds the one slot
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Classify(one, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        requests.put(None)  # the stream ends, its slot frees, and calls are taken again
+        assert list(stream) == []
+        answer = _until_a_slot_frees(lambda: stub.Classify(one, timeout=10))
+        assert answer.prediction.label >= 0
 
 
 def test_an_http_port_in_use_is_one_line_and_exit_2(model_repository):

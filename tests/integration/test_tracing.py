@@ -21,7 +21,6 @@ from mnist_serving.client import AsyncClient  # noqa: E402
 from mnist_serving.server import tracing  # noqa: E402
 from mnist_serving.server.app import MnistServer  # noqa: E402
 from mnist_serving.server.config import ServerConfig  # noqa: E402
-from tests.server_process import ServerProcess  # noqa: E402
 
 PHOTO = sorted((Path(__file__).parents[2] / "docs" / "examples").glob("photo-*.jpg"))[0]
 
@@ -33,7 +32,7 @@ def exporter():
     try:
         yield spans
     finally:
-        tracing._tracer = None  # the rest of the suite runs with tracing off
+        tracing.shutdown()  # the rest of the suite runs with tracing off
 
 
 def by_name(spans, name):
@@ -124,7 +123,7 @@ class Receiver(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
 
 
-def test_spans_are_exported_over_otlp_http(model_repository, mnist, tmp_path):
+def test_spans_are_exported_over_otlp_http(start_server, mnist):
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
     receiver = Receiver()
@@ -135,10 +134,9 @@ def test_spans_are_exported_over_otlp_http(model_repository, mnist, tmp_path):
         "OTEL_SERVICE_NAME": "mnist-serving-test",
         "OTEL_BSP_SCHEDULE_DELAY": "100",
     }
-    server = ServerProcess(model_repository, env=env, log_path=tmp_path / "server.log")
+    server = start_server(env=env)
     trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     try:
-        server.wait_serving()
         body = {"inputs": [{"name": "image", "shape": [1, 784], "datatype": "UINT8"}]}
         body["inputs"][0]["data"] = mnist.x_test[0].ravel().tolist()
         request = urllib.request.Request(
@@ -147,7 +145,7 @@ def test_spans_are_exported_over_otlp_http(model_repository, mnist, tmp_path):
             headers={"traceparent": f"00-{trace_id}-{parent_id}-01"},
         )
         assert urllib.request.urlopen(request, timeout=30).status == 200
-        assert receiver.got.wait(60), (tmp_path / "server.log").read_text()[-2000:]
+        assert receiver.got.wait(60), server.log_text()[-2000:]
     finally:
         assert server.stop() == 0
         receiver.shutdown()

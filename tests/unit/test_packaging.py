@@ -50,3 +50,22 @@ def test_the_client_extra_and_the_base_take_ranges_not_pins():
     for requirement in [*requirements["base"], *requirements["client"]]:
         assert all(s.operator != "==" for s in requirement.specifier), f"{requirement} is pinned"
         assert any(s.operator == "<" for s in requirement.specifier), f"{requirement} has no upper bound"
+
+
+def test_the_fixture_model_key_covers_what_training_and_export_import_from_common():
+    """The test suite keeps its trained fixture model keyed by the code it depends on
+    (tests/conftest.py): every common module that train/ and export/ reach is in the key."""
+    import re
+
+    from tests.conftest import FIXTURE_COMMON_MODULES
+
+    pattern = re.compile(r"from mnist_serving\.common(?:\.(\w+))? import (\w+)")
+    todo = [*(ROOT / "train").rglob("*.py"), *(ROOT / "export").rglob("*.py")]
+    reached: set[str] = set()
+    while todo:
+        for module, name in pattern.findall(todo.pop().read_text()):
+            found = module or name
+            if found not in reached:
+                reached.add(found)
+                todo.append(ROOT / "common" / f"{found}.py")
+    assert reached == set(FIXTURE_COMMON_MODULES)

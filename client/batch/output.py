@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from mnist_serving.client.job import Row
+from mnist_serving.client.batch.job import Row
 from mnist_serving.common.contract import NUM_CLASSES
 
 

@@ -2,11 +2,9 @@
 per-item results, against the tiny model."""
 
 import asyncio
-import io
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from mnist_serving.common.contract import NO_LABEL
 from mnist_serving.server.calls import CURRENT_CALL, CallFailed, Status, status_of
@@ -22,6 +20,7 @@ from mnist_serving.server.errors import (
 )
 from mnist_serving.server.metrics import Metrics
 from mnist_serving.server.models import ModelStore
+from tests.helpers import encode
 from tests.unit.conftest import digit
 
 
@@ -227,9 +226,7 @@ def test_a_reload_during_a_call_fails_nothing_the_old_version_answers_then_retir
         plane.decoder.decode = held_decode
         stroke = np.zeros((28, 28), np.uint8)
         stroke[6:22, 12:16] = 255  # an MNIST-style stroke: decoded as it is
-        buffer = io.BytesIO()
-        Image.fromarray(stroke).save(buffer, "PNG")
-        blob = buffer.getvalue()
+        blob = encode(stroke)
         call = asyncio.ensure_future(plane.classify_items("", "", [blob, blob, digit(2)]))
         await decoding.wait()
         publish_tiny(tiny_repository, "mnist", 2)

@@ -34,7 +34,8 @@ def test_loads_serves_and_counts(tiny_repository):
     probabilities, labels = asyncio.run(go())
     assert labels.tolist() == [3, 7] and probabilities[0, 3] == 1
     assert store.has_default() and store.versions("mnist") == [1]
-    assert metrics.model_loads.labels("mnist", "1", "ok")._value.get() == 1
+    loaded = {"model": "mnist", "version": "1", "result": "ok"}
+    assert metrics.registry.get_sample_value("mnist_serving_model_loads_total", loaded) == 1
     labels = {"model": "mnist", "version": "1"}  # read from the batcher's statistics record
     assert metrics.registry.get_sample_value("mnist_serving_images_classified_total", labels) == 2
 
@@ -89,7 +90,8 @@ def test_any_failure_while_building_refuses_the_version_and_counts_it(tiny_repos
 
     monkeypatch.setattr(models.LoadedModel, "warm_up", broken_warm_up)
     assert _refused(store)
-    assert metrics.model_loads.labels("mnist", "1", "failed")._value.get() == 1
+    failed = {"model": "mnist", "version": "1", "result": "failed"}
+    assert metrics.registry.get_sample_value("mnist_serving_model_loads_total", failed) == 1
     assert store.pending() == []  # refused until its files change
     with pytest.raises(StartupError, match="warm-up blew up"):  # at start-up: a clean exit 2
         store.load_initial()
@@ -167,7 +169,9 @@ def test_a_version_that_takes_too_long_to_build_is_refused_and_the_old_one_serve
         await server.poll_once()
         serving = server.store.get("mnist").version
         pending = server.store.pending()
-        failed = server.metrics.model_loads.labels("mnist", "2", "failed")._value.get()
+        failed = server.metrics.registry.get_sample_value(
+            "mnist_serving_model_loads_total", {"model": "mnist", "version": "2", "result": "failed"}
+        )
         release.set()
         await server.stop()
         return serving, pending, failed

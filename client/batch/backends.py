@@ -26,6 +26,13 @@ from mnist_serving.common.contract import (
 )
 
 
+class ModelUnavailable(RuntimeError):
+    """The in-process model cannot run: none published, a refused sidecar, no onnxruntime.
+
+    A usage problem (the CLI exits 2), not a server or transport error.
+    """
+
+
 class ServerBackend:
     """The server's ClassifyBatch, one request per chunk (retries as the Client does)."""
 
@@ -53,7 +60,7 @@ class LocalBackend:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise SystemExit(
+            raise ModelUnavailable(
                 "--model-repository runs the model in process and needs onnxruntime: "
                 "pip install 'mnist-serving[offline]'"
             ) from None
@@ -63,14 +70,14 @@ class LocalBackend:
         else:
             newest = model_repository.published_model(repository, name)
             if newest is None:
-                raise SystemExit(f"{repository}: no published '{name}' model")
+                raise ModelUnavailable(f"{repository}: no published '{name}' model")
             directory = Path(newest).parent
         data = (directory / MODEL_FILENAME).read_bytes()
         sidecar = model_repository.read_sidecar(directory)
         try:
             model_repository.check_sidecar(directory, sidecar, data)
-        except model_repository.VersionRefused as exc:
-            raise SystemExit(f"{exc}; refusing it") from None
+        except (model_repository.VersionRefused, OSError) as exc:
+            raise ModelUnavailable(f"{exc}; refusing it") from None
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
@@ -94,7 +101,7 @@ class LocalBackend:
                 images.append(preprocess.decode(blob)[0])
                 rows.append(i)
             except preprocess.ImageError as exc:
-                errors[i] = f"INVALID_ARGUMENT: images[{i}].encoded: {exc}"
+                errors[i] = f"{exc.code}: {exc.item_message(f'images[{i}].encoded')}"
         labels = np.full(len(blobs), -1, np.int64)
         confidences = np.zeros(len(blobs), np.float32)
         probs = np.zeros((len(blobs), NUM_CLASSES), np.float32)

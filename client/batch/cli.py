@@ -34,10 +34,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from mnist_serving.client.backends import LocalBackend, ServerBackend
-from mnist_serving.client.client import DEFAULT_SERVER, Client
-from mnist_serving.client.job import Job, Row, Summary, start_decode_server
-from mnist_serving.client.output import (
+from mnist_serving.client.batch.backends import LocalBackend, ModelUnavailable, ServerBackend
+from mnist_serving.client.batch.job import Job, Row, Summary, start_decode_server
+from mnist_serving.client.batch.output import (
     ParquetWriter,
     Resume,
     ResumeError,
@@ -45,14 +44,16 @@ from mnist_serving.client.output import (
     completed,
     completed_parquet,
 )
+from mnist_serving.client.batch.sources import Chunk, InputError, Inputs, TableColumns, chunks, listed_inputs
+from mnist_serving.client.client import Client
+from mnist_serving.client.options import DEFAULT_SERVER
 from mnist_serving.client.results import ClassifyError
-from mnist_serving.client.sources import Chunk, InputError, Inputs, TableColumns, chunks, listed_inputs
 from mnist_serving.common.contract import MODEL_NAME, metadata_document
 from mnist_serving.common.idx import IdxError, read_idx
 from mnist_serving.common.preprocess import PREPROCESSING_VERSION
 
 if TYPE_CHECKING:
-    from mnist_serving.client.ray_engine import RayEngine
+    from mnist_serving.client.batch.ray_engine import RayEngine
 
 
 def _connection_args(parser: argparse.ArgumentParser) -> None:
@@ -63,7 +64,9 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
         help="HOST:PORT of the server [env MNIST_SERVING_SERVER]",
     )
     group.add_argument("--timeout", type=float, default=60.0, help="deadline per call, seconds")
-    group.add_argument("--retries", type=int, default=3, help="retries on UNAVAILABLE, with backoff")
+    group.add_argument(
+        "--retries", type=int, default=3, help="retries on UNAVAILABLE and RESOURCE_EXHAUSTED, with backoff"
+    )
     group.add_argument("--tls", action="store_true", help="use TLS (system roots unless --ca)")
     group.add_argument("--ca", type=Path, help="CA certificate (PEM) to verify the server")
     group.add_argument("--cert", type=Path, help="client certificate (PEM) for mutual TLS")
@@ -204,7 +207,7 @@ def _engine(args: argparse.Namespace, backend: object, server_decode: bool) -> J
         import ray.data  # noqa: F401
     except ImportError:
         raise InputError("--engine ray needs Ray Data: pip install 'mnist-serving[batch]'") from None
-    from mnist_serving.client.ray_engine import BackendSpec, RayEngine
+    from mnist_serving.client.batch.ray_engine import BackendSpec, RayEngine
 
     spec = BackendSpec(
         args.model_repository,
@@ -241,8 +244,8 @@ def run_classify(args: argparse.Namespace) -> int:
         job = _engine(args, backend, server_decode)
         stack.callback(job.close)
         columns = TableColumns(args.image_column, args.label_column or "label", args.label_column is not None)
-        inputs = listed_inputs(args.inputs, args.files_from)
-        stream = chunks(inputs, args.batch_size, found, _arrays(args), columns)
+        listed = listed_inputs(args.files_from)
+        stream = chunks(args.inputs, args.batch_size, found, _arrays(args), columns, listed)
         stream = _skip(stream, done, last)
         if args.format == "parquet":
             if not args.resume and args.output.exists() and any(args.output.glob("part-*.parquet")):
@@ -395,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
-    except (InputError, IdxError, ResumeError, OSError) as exc:
+    except (InputError, IdxError, ResumeError, ModelUnavailable, OSError) as exc:
         print(f"mnist-classify: {exc}", file=sys.stderr)
         return 2
     except ClassifyError as exc:

@@ -8,9 +8,11 @@ files or a ``.npy`` of ten million images costs one chunk of memory at a time.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import gzip
 import io
+import itertools
 import mmap
 import os
 import sys
@@ -231,10 +233,16 @@ def _parquet_chunks(path: Path, batch_size: int, columns: TableColumns) -> Itera
         start += len(batch)
 
 
+def _entries(directory: Path) -> list[os.DirEntry]:
+    """One directory's listing, sorted: the only listing held at a time, per level walked."""
+    with os.scandir(directory) as scan:
+        return sorted(scan, key=lambda e: e.name)
+
+
 def _walk(directory: Path, inputs: Inputs) -> Iterator[Path]:
     """Image files under ``directory``, recursively, in sorted order, listed lazily."""
     try:
-        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        entries = _entries(directory)
     except OSError as exc:
         raise InputError(f"{directory}: {exc.strerror}") from None
     for entry in entries:
@@ -245,6 +253,57 @@ def _walk(directory: Path, inputs: Inputs) -> Iterator[Path]:
             yield path
         elif entry.is_file():
             inputs.skipped += 1
+
+
+def _glob(pattern: str) -> Iterator[Path]:
+    """The files ``glob.glob(pattern, recursive=True)`` finds, in path order (a directory's
+    entries by name), listed one directory at a time: the first match comes before the rest
+    are listed. Hidden names match only a pattern part that starts with a dot, as in glob."""
+    parts = Path(pattern).parts
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    yield from _match(Path(*parts[:fixed]) if fixed else None, parts[fixed:])
+
+
+def _match(directory: Path | None, parts: tuple[str, ...]) -> Iterator[Path]:
+    """Files under ``directory`` (None: the working directory, whose matches are named bare,
+    as glob names them) that match ``parts``."""
+    head, rest = parts[0], parts[1:]
+    if not glob.has_magic(head):
+        path = directory / head if directory else Path(head)
+        if rest:
+            yield from _match(path, rest) if path.is_dir() else ()
+        elif path.is_file():
+            yield path
+        return
+    try:
+        entries = _entries(directory or Path("."))
+    except OSError:
+        return  # glob too finds nothing in what it cannot list
+    for entry in entries:
+        path = directory / entry.name if directory else Path(entry.name)
+        is_dir = entry.is_dir()
+        if head == "**":
+            if entry.name.startswith("."):
+                continue
+            if rest:  # "**" as no directory at all: this entry against what follows it
+                if fnmatch.fnmatchcase(entry.name, rest[0]) and _hidden_ok(entry.name, rest[0]):
+                    if len(rest) == 1 and entry.is_file():
+                        yield path
+                    elif len(rest) > 1 and is_dir:
+                        yield from _match(path, rest[1:])
+            elif entry.is_file():
+                yield path
+            if is_dir and not entry.is_symlink():
+                yield from _match(path, parts)
+        elif fnmatch.fnmatchcase(entry.name, head) and _hidden_ok(entry.name, head):
+            if rest:
+                yield from _match(path, rest) if is_dir else ()
+            elif entry.is_file():
+                yield path
+
+
+def _hidden_ok(name: str, part: str) -> bool:
+    return not name.startswith(".") or part.startswith(".")
 
 
 def _listed(files_from: str) -> Iterator[str]:
@@ -275,8 +334,14 @@ def chunks(
     found: Inputs,
     arrays: Iterable[tuple[str, np.ndarray, np.ndarray | None]] = (),
     table_columns: TableColumns = TableColumns(),
+    listed: Iterable[str] = (),
 ) -> Iterator[Chunk]:
-    """Every input, in order, as chunks of at most ``batch_size`` rows of one kind."""
+    """Every input, in order, as chunks of at most ``batch_size`` rows of one kind.
+
+    ``inputs`` are the command line's: one that does not exist, or is no kind of input, is a
+    usage error. ``listed`` are ``--files-from``'s, streamed: such a path becomes a row with
+    an error (the job goes on, and ``--resume`` skips it as done).
+    """
     files: list[Path] = []
 
     def flush() -> Iterator[Chunk]:
@@ -300,8 +365,10 @@ def chunks(
 
     for source, images, labels in arrays:
         yield from array_chunks(source, images, labels)
-    for item in inputs:
-        if item == STDIN:
+    for item, from_list in itertools.chain(
+        ((item, False) for item in inputs), ((item, True) for item in listed)
+    ):
+        if item == STDIN and not from_list:
             data = sys.stdin.buffer.read()
             if not data:
                 raise InputError("-: standard input is empty")
@@ -323,12 +390,16 @@ def chunks(
             paths = iter([path]) if path.suffix.lower() in IMAGE_SUFFIXES else None
             if paths is None:
                 array = _array_file(path)
-                if array is None:
+                if array is not None:
+                    yield from array_chunks(str(path), *array)
+                    continue
+                if not from_list:
                     raise InputError(f"{path}: not an image, IDX, .npy or .npz file")
-                yield from array_chunks(str(path), *array)
-                continue
+                paths = iter([path])  # its row says why it cannot be decoded
         elif glob.has_magic(item):
-            paths = (Path(p) for p in sorted(glob.iglob(item, recursive=True)) if Path(p).is_file())
+            paths = _glob(item)
+        elif from_list:
+            paths = iter([path])  # its row says it cannot be read
         else:
             raise InputError(f"{path}: no such file or directory")
         for image in paths:
@@ -338,8 +409,7 @@ def chunks(
     yield from flush()
 
 
-def listed_inputs(inputs: list[str], files_from: str | None) -> Iterator[str]:
-    """The positional inputs, then those listed in ``--files-from`` (lazily)."""
-    yield from inputs
+def listed_inputs(files_from: str | None) -> Iterator[str]:
+    """The paths listed in ``--files-from`` (a file, or ``-`` for standard input), lazily."""
     if files_from is not None:
         yield from _listed(files_from)

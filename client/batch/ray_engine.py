@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mnist_serving.client.backends import LocalBackend, ServerBackend
+from mnist_serving.client.batch.backends import LocalBackend, ServerBackend
+from mnist_serving.client.batch.job import Backend, Row, classify_chunk, prepare
+from mnist_serving.client.batch.sources import Chunk
 from mnist_serving.client.client import Client
-from mnist_serving.client.job import Backend, Row, classify_chunk, prepare
-from mnist_serving.client.sources import Chunk
 
 # Rows handed to Ray at once: bounds the driver's memory (file chunks are only paths;
 # array chunks carry their pixels, 784 bytes a row).

@@ -14,12 +14,7 @@ from PIL import Image
 
 from mnist_serving.common import preprocess
 from mnist_serving.common.contract import NO_DIGIT_FOUND
-
-
-def encode(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
+from tests.helpers import encode
 
 
 def page(
@@ -150,10 +145,6 @@ def test_big_jpegs_decode_at_reduced_size(seven):
     digit, pixels = preprocess.decode(data)
     assert pixels == 3000 * 2000  # the pixel budget still counts the image as sent
     assert correlation(digit, preprocess.decode(encode(page(seven)))[0]) > 0.9
-
-
-def test_the_version_is_a_string_the_server_can_report():
-    assert isinstance(preprocess.PREPROCESSING_VERSION, str) and preprocess.PREPROCESSING_VERSION
 
 
 def test_an_image_already_in_mnist_format_passes_through_unchanged(mnist):

@@ -11,17 +11,7 @@ from PIL import Image
 from mnist_serving.server.decode_pool import DecodePool
 from mnist_serving.server.errors import DeadlineExpired, InvalidInput
 from mnist_serving.server.preprocess import decode_sized
-
-
-def scan(value: int, side: int = 400) -> bytes:
-    """A light page with a dark stroke: what a scanner sends."""
-    page = Image.new("L", (side, side), 235)
-    stroke = Image.new("L", (side // 8, side // 2), 20 + value)
-    page.paste(stroke, (side // 3 + value, side // 4))
-    buffer = io.BytesIO()
-    page.save(buffer, format="JPEG", quality=85)
-    return buffer.getvalue()
-
+from tests.helpers import encode, scan
 
 BLOBS = [scan(i % 7) for i in range(40)] + [b"not an image"]
 FIELDS = [f"images[{i}].encoded" for i in range(len(BLOBS))]
@@ -67,9 +57,7 @@ def _big_png(side: int = 4000) -> bytes:
     ramp = np.linspace(120, 240, side, dtype=np.float32)
     page = (ramp[None, :] * ramp[:, None] / 240).astype(np.uint8)
     page[side // 4 : 3 * side // 4, side // 2 - 40 : side // 2 + 40] = 10
-    buffer = io.BytesIO()
-    Image.fromarray(page).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return encode(page)
 
 
 def test_a_killed_worker_is_replaced_and_the_pool_goes_on():

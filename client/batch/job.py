@@ -21,10 +21,14 @@ from typing import Protocol
 
 import numpy as np
 
+from mnist_serving.client.batch.sources import STDIN, Chunk
 from mnist_serving.client.results import BatchResult
-from mnist_serving.client.sources import STDIN, Chunk
 from mnist_serving.common import preprocess, processes
 from mnist_serving.common.contract import IMAGE_SHAPE
+
+# What the fork server imports once, so each decode worker starts with it loaded (the
+# decoding stack costs more to import than most jobs spend decoding a chunk).
+PRELOAD = ["mnist_serving.common.forkserver_preload", "mnist_serving.client.batch.job"]
 
 
 @dataclass
@@ -123,7 +127,7 @@ def start_decode_server() -> None:
     fork of this process then happens while gRPC has no calls in flight."""
     from multiprocessing import forkserver
 
-    forkserver.set_forkserver_preload(["mnist_serving.common.forkserver_preload"])
+    forkserver.set_forkserver_preload(PRELOAD)
     forkserver.ensure_running()
 
 
@@ -183,7 +187,7 @@ class Job:
         workers = decode_workers if decode_workers > 0 else (os.cpu_count() or 1)
         # Forkserver: workers never inherit the caller's gRPC channels or threads.
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["mnist_serving.common.forkserver_preload"])
+        context.set_forkserver_preload(PRELOAD)
         self.decoders = concurrent.futures.ProcessPoolExecutor(
             workers, mp_context=context, initializer=processes.worker_init
         )
