@@ -95,7 +95,7 @@ bench-ab: model $(VENV)/.installed-dev
 # its hash, and print accuracy per condition for preprocessing v1 and v2 with the published model.
 field: model $(VENV)/.installed-dev
 	$(BIN)/python bench/field/generate.py
-	$(BIN)/python bench/field/evaluate.py --preprocessing 1,2
+	$(BIN)/python bench/field/evaluate.py --preprocessing 2,3
 	$(BIN)/python bench/field/speed.py
 
 bench-quick: model $(VENV)/.installed-dev

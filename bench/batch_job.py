@@ -2,7 +2,8 @@
 
     python bench/batch_job.py [--server 127.0.0.1:50051] [--docs docs/batch.md]
 
-One sitting, the same files for every row: 10,000 28×28 PNGs (MNIST test digits), 2,000
+One sitting, the same files for every row: 10,000 28×28 PNGs (MNIST test digits as people
+save them, dark ink on white; MNIST's own bright-on-black PNGs are their own row), 2,000
 400×400 JPEG scans, and the 10,000 test images as a .npy. Plain decoding is Pillow open +
 convert to L at full size on all cores; the ceiling for arrays is in-process onnxruntime
 (one thread, batches of 256). Each job runs as a user would run it (the CLI, CSV to a file).
@@ -146,7 +147,7 @@ def plot(figures: dict, path: Path) -> None:
 def write_docs(docs: Path, figures: dict) -> None:
     """The generated part of docs/batch.md, between its markers."""
     table = ["| input | job | reference | ratio | target |", "|---|---|---|---|---|"]
-    targets = {"10,000 small PNGs": 0.40, "2,000 400×400 JPEG scans": 0.50}
+    targets = {"10,000 small PNGs, dark on white": 0.40, "2,000 400×400 JPEG scans": 0.60}
     for name, row in figures["targets"].items():
         target = targets.get(name, 0.50)
         verdict = "met" if row["ratio"] >= target else "missed"
@@ -212,18 +213,27 @@ def main() -> int:
         pngs, jpgs = root / "pngs", root / "scans"
         pngs.mkdir()
         jpgs.mkdir()
+        bright = root / "mnist-pngs"
+        bright.mkdir()
         small = []
         for i, digit in enumerate(mnist.x_test):
             buffer = io.BytesIO()
-            Image.fromarray(digit).save(buffer, "PNG")
+            Image.fromarray(255 - digit).save(buffer, "PNG")  # dark on white, as people save digits
             small.append(buffer.getvalue())
             (pngs / f"{i:05d}.png").write_bytes(small[-1])
+            Image.fromarray(digit).save(bright / f"{i:05d}.png")  # MNIST's own format: passed through
         big = scans(2000)
         for i, blob in enumerate(big):
             (jpgs / f"{i:05d}.jpg").write_bytes(blob)
         np.save(root / "test.npy", mnist.x_test)
         rows = (
-            ("10,000 small PNGs", [str(pngs)], len(small), plain_rate(small, None)),
+            ("10,000 small PNGs, dark on white", [str(pngs)], len(small), plain_rate(small, None)),
+            (
+                "10,000 small PNGs, MNIST's bright on black (passed through)",
+                [str(bright)],
+                len(small),
+                plain_rate(small, None),
+            ),
             ("2,000 400×400 JPEG scans", [str(jpgs)], len(big), plain_rate(big, None)),
             (
                 "arrays: .npy of the 10,000 test images",

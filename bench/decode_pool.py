@@ -1,5 +1,7 @@
-"""Decoding encoded scans: plain Pillow against the server's decode pool (processes, threads,
+"""Decoding encoded images: plain Pillow against the server's decode pool (processes, threads,
 inline), and how the pool scales with cores. Writes JSON; docs/benchmarks.md quotes it.
+Inputs: 400×400 JPEG scans, 28×28 PNGs of digits as people save them (dark ink on white: the
+whole pipeline) and, as its own row, MNIST's own bright-on-black PNGs (passed through).
 
     python bench/decode_pool.py [--images 2000] [--out bench/results/decode.json]
 """
@@ -34,6 +36,17 @@ def scans(count: int) -> list[bytes]:
         canvas.paste(page, (60, 60))
         buffer = io.BytesIO()
         canvas.save(buffer, format="JPEG", quality=85)
+        out.append(buffer.getvalue())
+    return out
+
+
+def digit_pngs(count: int, dark_on_white: bool = True) -> list[bytes]:
+    """MNIST test digits as 28×28 PNGs: dark ink on white (as people save them), or MNIST's
+    own bright ink on black (the model's format, which the pipeline passes through)."""
+    out = []
+    for digit in load_mnist().x_test[:count]:
+        buffer = io.BytesIO()
+        Image.fromarray(255 - digit if dark_on_white else digit).save(buffer, format="PNG")
         out.append(buffer.getvalue())
     return out
 
@@ -81,6 +94,7 @@ def main() -> int:
     if args.inner:
         print(json.dumps({"rate": pool_rate(blobs, cores, args.inner), "cores": cores}))
         return 0
+    pngs, mnist_pngs = digit_pngs(args.images), digit_pngs(args.images, dark_on_white=False)
     results = {
         "images": len(blobs),
         "mean_bytes": int(np.mean([len(b) for b in blobs])),
@@ -89,6 +103,11 @@ def main() -> int:
         "pool_processes_all_cores": pool_rate(blobs, cores, "process"),
         "pool_threads_all_cores": pool_rate(blobs, cores, "thread"),
         "inline_event_loop": pool_rate(blobs, 0, "process"),
+        "dark_on_white_png_plain_pillow_all_cores": plain_rate(pngs, cores),
+        "dark_on_white_png_pool_processes_all_cores": pool_rate(pngs, cores, "process"),
+        "bright_on_black_png_passed_through_pool_processes_all_cores": pool_rate(
+            mnist_pngs, cores, "process"
+        ),
     }
     for cpus in ("0", ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:2])):
         done = subprocess.run(

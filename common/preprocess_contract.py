@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from mnist_serving.common.contract import NO_DIGIT_FOUND
 
-PREPROCESSING_VERSION = "2"
-"""Bumped whenever the output for some input changes (1: min-max stretch, 2: this pipeline)."""
+PREPROCESSING_VERSION = "3"
+"""Bumped whenever the output for some input changes (1: min-max stretch, 2: the pipeline on
+Pillow and numpy, 3: the same steps on OpenCV: its decoders, Otsu, components, area resizing)."""
 
 
 class ImageError(ValueError):

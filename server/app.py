@@ -30,7 +30,7 @@ from mnist_serving.server.grpc_adapter import DataPlaneInterceptor
 from mnist_serving.server.metrics import Metrics
 from mnist_serving.server.models import ModelStore
 from mnist_serving.server.rest import RestFrontEnd
-from mnist_serving.server.runner import select_providers
+from mnist_serving.server.runner import BIG_RUN, select_providers
 from mnist_serving.server.v2_servicer import InferenceServicer
 
 log = logging.getLogger("mnist_serving.server")
@@ -64,7 +64,7 @@ class MnistServer:
             select_providers(config.device),
             config.batching_settings,
             self.metrics,
-            intra_op_threads=config.intra_op_threads,
+            run_threads=config.run_threads,
             pinned_version=config.model_version,
             inline_max_images=config.inline_max_images,
         )
@@ -188,10 +188,13 @@ class MnistServer:
         for model in models:
             self.store.install(model)
         default = self.store.get(MODEL_NAME)
+        small, big = default.runner.threads
         log.info(
-            "provider %s; onnxruntime threads %s",
+            "provider %s; onnxruntime threads %s (runs of %d images or more: %s)",
             default.runner.provider,
-            config.intra_op_threads or "default",
+            small or "default",
+            BIG_RUN,
+            big or "default",
         )
         log.info(
             "batching %s: max batch %d images, max delay %d us, max queue %d requests",

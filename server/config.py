@@ -14,6 +14,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from mnist_serving.common.cpus import available_cpus
+
 ENV_PREFIX = "MNIST_SERVING_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -80,8 +82,10 @@ class ServerConfig:
         choices=("auto", "cpu", "cuda"),
     )
     intra_op_threads: int = setting(
-        1,
-        "onnxruntime threads per model run (1 leaves the other cores to gRPC and decoding; 0: one per core).",
+        -1,
+        "onnxruntime threads per model run. -1: small runs on one thread (it leaves the other "
+        "cores to gRPC and decoding), runs of at least 64 images on every core this process may "
+        "use, divided by --workers; 0: onnxruntime's own default; N: N threads for every run.",
     )
     workers: int = setting(
         1,
@@ -210,7 +214,7 @@ class ServerConfig:
     def resolved(self) -> ServerConfig:
         """The settings with every automatic value (-1) turned into a count, once, under its own
         name: decode processes and inline images depend on the cores per worker process."""
-        per_worker = (os.cpu_count() or 1) / max(1, self.workers)
+        per_worker = available_cpus() / max(1, self.workers)
         decode_workers = self.decode_workers
         if decode_workers < 0:
             decode_workers = max(1, int(per_worker))
@@ -220,6 +224,14 @@ class ServerConfig:
             # thread and back. The hand-off pays only when the thread has a core of its own.
             inline = 8 if per_worker < 2 else 0
         return dataclasses.replace(self, decode_workers=decode_workers, inline_max_images=inline)
+
+    @property
+    def run_threads(self) -> tuple[int, int]:
+        """(onnxruntime threads for small runs, for runs of ``BIG_RUN`` images or more): with
+        -1, one thread, and every core this process may use divided among its --workers."""
+        if self.intra_op_threads < 0:
+            return 1, max(1, available_cpus() // max(1, self.workers))
+        return self.intra_op_threads, self.intra_op_threads
 
     @property
     def max_message_bytes(self) -> int:

@@ -102,7 +102,7 @@ class ModelStore:
         providers: list[str],
         batching: BatchingSettings,
         metrics: Metrics,
-        intra_op_threads: int = 0,
+        run_threads: tuple[int, int] = (0, 0),
         pinned_version: int | None = None,
         inline_max_images: int = 0,
     ) -> None:
@@ -111,7 +111,7 @@ class ModelStore:
         self.providers = providers
         self.batching = batching
         self.metrics = metrics
-        self.intra_op_threads = intra_op_threads
+        self.run_threads = run_threads
         self.pinned_version = pinned_version
         self.models: dict[str, dict[int, LoadedModel]] = {}
         metrics.watch_batchers(lambda: [(m.name, m.version_str, m.batcher.stats) for m in self.all()])
@@ -145,7 +145,7 @@ class ModelStore:
             model_repository.check_sidecar(directory, sidecar, model_bytes)
         except model_repository.VersionRefused as exc:
             raise StartupError(str(exc)) from None
-        runner = OnnxRunner(path, self.providers, self.intra_op_threads, model_bytes=model_bytes)
+        runner = OnnxRunner(path, self.providers, self.run_threads, model_bytes=model_bytes)
         # A GPU run includes copies and may wait on the device: never on the event loop.
         inline = self.inline_max_images if runner.provider == CPU else 0
         batcher = DynamicBatcher(runner.run, self.batching, self.metrics.batch_observer(name), inline)

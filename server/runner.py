@@ -39,14 +39,23 @@ def select_providers(device: str, available: list[str] | None = None) -> list[st
     raise StartupError(f"--device: '{device}'; expected auto, cpu or cuda")
 
 
+BIG_RUN = 64  # runs of this many images or more go to the many-thread session
+
+
 class OnnxRunner:
-    """One loaded model version; ``run`` is thread-safe and meant to be called off the event loop."""
+    """One loaded model version; ``run`` is thread-safe and meant to be called off the event loop.
+
+    Two sessions of the same bytes when the thread counts differ: small runs on ``threads[0]``
+    (one thread reaches the gRPC floor for single images and leaves the other cores to the
+    event loop and decoding), runs of ``BIG_RUN`` images or more on ``threads[1]`` (a batch of
+    256 on one thread of a many-core machine would leave the rest idle).
+    """
 
     def __init__(
         self,
         path: Path,
         providers: list[str],
-        intra_op_threads: int = 0,
+        threads: int | tuple[int, int] = 0,
         model_bytes: bytes | None = None,
     ) -> None:
         """``model_bytes``: the exact bytes whose digest was verified (the path only names them).
@@ -54,19 +63,25 @@ class OnnxRunner:
         Loaded from bytes, a model cannot reach files beside it: external-data initialisers
         have nothing to resolve against, and the load fails.
         """
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            source = model_bytes if model_bytes is not None else str(path)
-            self.session = ort.InferenceSession(source, options, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            raise StartupError(f"{path}: cannot load model ({type(exc).__name__}: {exc})") from None
+        small, big = (threads, threads) if isinstance(threads, int) else threads
+        source = model_bytes if model_bytes is not None else str(path)
         self.path = path
+        self.session = self._session(source, providers, small)
+        self.big_session = self.session if big == small else self._session(source, providers, big)
+        self.threads = (small, big)
         self.providers = self.session.get_providers()
         self._check_contract()
         self._outputs = [OUTPUT_PROBABILITIES.name, OUTPUT_LABEL.name]
+
+    def _session(self, source: bytes | str, providers: list[str], threads: int) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            return ort.InferenceSession(source, options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise StartupError(f"{self.path}: cannot load model ({type(exc).__name__}: {exc})") from None
 
     def _check_contract(self) -> None:
         found = {t.name: t for t in [*self.session.get_inputs(), *self.session.get_outputs()]}
@@ -82,5 +97,6 @@ class OnnxRunner:
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [N,28,28] → (float32 [N,10], int64 [N])."""
-        probabilities, labels = self.session.run(self._outputs, {INPUT.name: images})
+        session = self.big_session if len(images) >= BIG_RUN else self.session
+        probabilities, labels = session.run(self._outputs, {INPUT.name: images})
         return probabilities, labels

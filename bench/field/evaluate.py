@@ -1,7 +1,7 @@
 """Accuracy per field condition, for preprocessing versions and models side by side.
 
     python bench/field/evaluate.py [--data bench/field/data] [--model NAME=PATH ...]
-        [--preprocessing 1,2] [--docs docs/field.md]
+        [--preprocessing 2,3] [--docs docs/field.md]
 
 Every file of the field set (bench/field/generate.py) goes through the preprocessing (a
 process pool, all cores), then through in-process onnxruntime. An image the preprocessing
@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import legacy  # noqa: E402
+import pillow_v2  # noqa: E402
 
 from mnist_serving.common import model_repository, preprocess  # noqa: E402
 from mnist_serving.common.contract import IMAGE_SHAPE, MODEL_NAME  # noqa: E402
@@ -43,10 +44,14 @@ def _decode_v1(data: bytes) -> np.ndarray:
 
 
 def _decode_v2(data: bytes) -> np.ndarray:
+    return pillow_v2.decode(data)[0]
+
+
+def _decode_v3(data: bytes) -> np.ndarray:
     return preprocess.decode(data)[0]
 
 
-DECODERS = {"1": _decode_v1, "2": _decode_v2}
+DECODERS = {"1": _decode_v1, "2": _decode_v2, "3": _decode_v3}
 
 
 def _decode_chunk(args: tuple[str, list[str]]) -> list[tuple[np.ndarray | None, str]]:
@@ -188,7 +193,7 @@ def main() -> int:
     )
     parser.add_argument("--data", type=Path, default=HERE / "data")
     parser.add_argument("--model", action="append", default=[], help="NAME=PATH to model.onnx (repeatable)")
-    parser.add_argument("--preprocessing", default="1,2", help="versions to compare, e.g. 1,2")
+    parser.add_argument("--preprocessing", default="2,3", help="versions to compare, e.g. 2,3")
     parser.add_argument(
         "--docs", type=Path, help="also write the confusion matrix and example strip beside this"
     )

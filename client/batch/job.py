@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import multiprocessing
-import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from mnist_serving.client.batch.sources import STDIN, Chunk
 from mnist_serving.client.results import BatchResult
 from mnist_serving.common import preprocess, processes
 from mnist_serving.common.contract import IMAGE_SHAPE
+from mnist_serving.common.cpus import available_cpus
 
 # What the fork server imports once, so each decode worker starts with it loaded (the
 # decoding stack costs more to import than most jobs spend decoding a chunk).
@@ -184,7 +184,7 @@ class Job:
         self.backend = backend
         self.concurrency = max(1, concurrency)
         self.server_decode = server_decode
-        workers = decode_workers if decode_workers > 0 else (os.cpu_count() or 1)
+        workers = decode_workers if decode_workers > 0 else available_cpus()
         # Forkserver: workers never inherit the caller's gRPC channels or threads.
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(PRELOAD)

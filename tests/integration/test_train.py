@@ -98,7 +98,7 @@ def test_short_run_learns_and_writes_every_artefact(torch, train, tmp_path, caps
     assert code == 0
     for name in ARTEFACTS:
         assert (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0, name
-    report = json.loads((run_dir / "train.summary.json").read_text())
+    report = json.loads((run_dir / "summary.json").read_text())
     assert report["test_accuracy"] > 0.5  # chance is 0.1
     assert report["untrained_test_accuracy"] < 0.2
     history = json.loads((run_dir / "metrics.json").read_text())

@@ -102,7 +102,7 @@ def test_client_channels_reconnect_from_100_ms():
 def test_small_runs_stay_on_the_event_loop_only_without_a_spare_core(
     monkeypatch: pytest.MonkeyPatch, cores: int, workers: int, explicit: int, expected: int
 ) -> None:
-    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    monkeypatch.setattr("mnist_serving.server.config.available_cpus", lambda: cores)
     config = ServerConfig(workers=workers, inline_max_images=explicit).resolved()
     assert config.inline_max_images == expected
 
@@ -110,7 +110,7 @@ def test_small_runs_stay_on_the_event_loop_only_without_a_spare_core(
 def test_each_worker_keeps_the_settings_derived_from_the_worker_count(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.setattr("mnist_serving.server.config.available_cpus", lambda: 8)
     config = ServerConfig(workers=4)
     worker = workers_module.worker_settings(config, port=50051, index=1)
     assert (worker.workers, worker.decode_workers, worker.inline_max_images) == (1, 2, 0)
@@ -122,3 +122,12 @@ def test_token_file_skips_comments_and_blank_lines_after_stripping(tmp_path: Pat
     tokens.write_text("# header\n   # indented comment\n\n  alpha  \n\tbeta\n")
     config = ServerConfig(auth_token="gamma", auth_token_file=tokens)
     assert load_tokens(config) == [b"gamma", b"alpha", b"beta"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "workers", "expected"),
+    [(-1, 1, (1, 8)), (-1, 3, (1, 2)), (0, 1, (0, 0)), (3, 2, (3, 3))],
+)
+def test_big_runs_get_this_process_share_of_the_cores_only_by_default(monkeypatch, flag, workers, expected):
+    monkeypatch.setattr("mnist_serving.server.config.available_cpus", lambda: 8)
+    assert ServerConfig(intra_op_threads=flag, workers=workers).run_threads == expected
