@@ -76,6 +76,8 @@ class OnnxRunner:
     def _session(self, source: bytes | str, providers: list[str], threads: int) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        if threads != 1:  # its threads sleep between runs instead of spinning on cores gRPC needs
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:

@@ -48,7 +48,9 @@ def fixture_model(tmp_path_factory: pytest.TempPathFactory, mnist: Mnist) -> Pat
     test run even across parallel workers (a file lock), and kept between runs under
     ``MNIST_SERVING_FIXTURE_CACHE`` when set (``make test-fast``), keyed by the code."""
     shared = os.environ.get("MNIST_SERVING_FIXTURE_CACHE")
-    root = Path(shared) if shared else tmp_path_factory.getbasetemp().parent
+    basetemp = tmp_path_factory.getbasetemp()
+    # This run's own directory: under parallel workers, the one above each worker's.
+    root = Path(shared) if shared else (basetemp.parent if "PYTEST_XDIST_WORKER" in os.environ else basetemp)
     built = root / f"fixture-{_fixture_key()}"
     root.mkdir(parents=True, exist_ok=True)
     with open(root / "fixture.lock", "w") as lock:

@@ -32,7 +32,7 @@ def test_a_messy_directory_gives_a_row_per_image_and_goes_on(server, messy_direc
     assert names == sorted(names, key=lambda n: n.split("/"))  # input order: a sorted walk
     by_name = {Path(r["source"]).name: r for r in table}
     for bad, reason in (
-        ("corrupt.png", "not a recognised image format"),
+        ("corrupt.png", "not a valid PNG file"),  # a PNG signature, then garbage
         ("truncated.jpg", "cannot decode"),
         ("empty.png", "empty"),
     ):

@@ -54,7 +54,7 @@ def test_local_ray_gives_the_local_engines_rows_and_error_rows(tmp_path, mnist, 
     assert ray[1] == local[1]  # the same rows, in the same order, byte for byte
     errors = {Path(r["source"]).name: r["error"] for r in rows(ray[1]) if r["error"]}
     assert set(errors) == {"corrupt.png", "truncated.jpg", "empty.png"}
-    assert "not a recognised image format" in errors["corrupt.png"]
+    assert "not a valid PNG file" in errors["corrupt.png"]
     assert "3 failed" in ray[2] and "2 not images" in ray[2]
 
 
