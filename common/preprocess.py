@@ -83,9 +83,10 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_WIDTH", str(MAX_SIDE))
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_HEIGHT", str(MAX_SIDE))
 import cv2  # noqa: E402  (after its limits are set)
 
-# One thread: on images this small OpenCV's parallel loops cost more in hand-offs than they
-# save (a 28×28 digit took twice as long with its default threads); a decode pool gives
-# each worker a core of its own instead.
+# One thread, in every process that decodes (decode workers import this module): on images
+# this small OpenCV's parallel loops cost more in hand-offs than they save (a 28×28 digit took
+# twice as long with its default threads), and a pool of N workers must use N cores, not N
+# times OpenCV's own threads.
 cv2.setNumThreads(1)
 
 _REDUCED = {
@@ -328,7 +329,7 @@ def _quantile(values: np.ndarray, q: float) -> float:
     """One order statistic. Sorting, because numpy's partition slows down badly on the many
     equal values of a scan's paper, and np.percentile's wrappers outweigh small arrays."""
     k = min(len(values) - 1, int(q * len(values)))
-    ordered = values.copy() if values.base is not None else values
+    ordered = values.copy()  # the caller's array stays as it was
     ordered.sort()
     return ordered.item(k)
 

@@ -37,6 +37,3 @@ def worker_init() -> None:
     if owner is not None and not owner.is_alive():
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import cv2  # a pool of N workers uses N cores, not N × OpenCV's own threads
-
-    cv2.setNumThreads(1)

@@ -90,7 +90,7 @@ def read_and_decode(
             images.append(preprocess.decode(data)[0])
             rows.append(position)
         except preprocess.ImageError as exc:
-            errors[position] = f"{name}: {exc}"
+            errors[position] = exc.item_message(name)
     if not decode:
         return blobs
     pixels = np.stack(images) if images else np.zeros((0, *IMAGE_SHAPE), np.uint8)
