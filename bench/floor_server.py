@@ -17,8 +17,8 @@ import numpy as np
 import onnxruntime as ort
 
 from mnist_serving.common.contract import IMAGE_SHAPE, INPUT, NUM_CLASSES
-from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
-from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from mnist_serving.protos.gen.inference import grpc_service_pb2 as v2
+from mnist_serving.protos.gen.inference import grpc_service_pb2_grpc as v2_grpc
 
 
 class Floor(v2_grpc.GRPCInferenceServiceServicer):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_serving.common.contract import MODEL_NAME
-from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
+from mnist_serving.protos.gen.inference import grpc_service_pb2 as v2
 
 PATH = "/inference.GRPCInferenceService/ModelInfer"
 

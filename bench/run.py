@@ -39,8 +39,8 @@ import loadgen_own  # noqa: E402
 from mnist_serving.common import model_repository  # noqa: E402
 from mnist_serving.common.contract import MODEL_NAME  # noqa: E402
 from mnist_serving.common.mnist_data import load_mnist  # noqa: E402
-from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2  # noqa: E402
-from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2_grpc as v2_grpc  # noqa: E402
+from mnist_serving.protos.gen.inference import grpc_service_pb2 as v2  # noqa: E402
+from mnist_serving.protos.gen.inference import grpc_service_pb2_grpc as v2_grpc  # noqa: E402
 
 OURS = "mnist-serving"
 

@@ -22,8 +22,8 @@ import grpc
 import numpy as np
 
 from mnist_serving.common.contract import MODEL_NAME
-from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
-from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from mnist_serving.protos.gen.inference import grpc_service_pb2 as v2
+from mnist_serving.protos.gen.inference import grpc_service_pb2_grpc as v2_grpc
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
 

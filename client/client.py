@@ -28,8 +28,8 @@ from mnist_serving.client.inputs import ImageLike, batch_requests, to_image
 from mnist_serving.client.options import DEFAULT_SERVER, ClientOptions
 from mnist_serving.client.results import BatchResult, ClassifyError, Prediction
 from mnist_serving.common.contract import IMAGE_PIXELS, IMAGE_SHAPE, MODEL_NAME, NUM_CLASSES
-from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
-from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from mnist_serving.protos.gen.inference import grpc_service_pb2 as v2
+from mnist_serving.protos.gen.inference import grpc_service_pb2_grpc as v2_grpc
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
 

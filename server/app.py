@@ -16,8 +16,8 @@ from grpc_reflection.v1alpha import reflection
 
 from mnist_serving.common import __version__
 from mnist_serving.common.contract import MODEL_NAME
-from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
-from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from mnist_serving.protos.gen.inference import grpc_service_pb2 as v2
+from mnist_serving.protos.gen.inference import grpc_service_pb2_grpc as v2_grpc
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
 from mnist_serving.server import http_listener, security, tracing
@@ -28,6 +28,7 @@ from mnist_serving.server.decode_pool import DecodePool
 from mnist_serving.server.errors import StartupError
 from mnist_serving.server.grpc_adapter import DataPlaneInterceptor
 from mnist_serving.server.metrics import Metrics
+from mnist_serving.server.model_control import ModelControl
 from mnist_serving.server.models import ModelStore
 from mnist_serving.server.rest import RestFrontEnd
 from mnist_serving.server.runner import BIG_RUN, select_providers
@@ -57,8 +58,6 @@ class MnistServer:
         self.http: http_listener.HttpListener | None = None
         self._stop = asyncio.Event()
         self._signals = 0
-        self._watcher: asyncio.Task | None = None
-        self._retiring: set[asyncio.Task] = set()
         self.store = ModelStore(
             config.model_repository,
             select_providers(config.device),
@@ -67,10 +66,23 @@ class MnistServer:
             run_threads=config.run_threads,
             pinned_version=config.model_version,
             inline_max_images=config.inline_max_images,
+            mode=config.model_control_mode,
+            requested=config.load_model,
+        )
+        self.control = ModelControl(
+            self.store, config.model_load_timeout, config.poll_interval, self.publish_readiness
         )
         self.decoder = DecodePool(config.decode_workers, config.max_request_pixels, config.max_decode_ms)
         tracing.configure()
-        self.dataplane = DataPlane(self.store, self.metrics, security.load_tokens(config), self.decoder)
+        self.dataplane = DataPlane(
+            self.store,
+            self.metrics,
+            security.load_tokens(config),
+            self.decoder,
+            control=self.control,
+            control_tokens=security.load_control_tokens(config),
+            max_request_images=config.max_request_images,
+        )
 
     async def publish_readiness(self) -> None:
         """Health follows the data plane's one readiness verdict."""
@@ -107,7 +119,7 @@ class MnistServer:
             ("grpc.so_reuseport", 1 if self.reuse_port else 0),
         ]
         credentials = security.server_credentials(config)
-        if self.dataplane.tokens and credentials is None:
+        if (self.dataplane.tokens or self.dataplane.control_tokens) and credentials is None:
             log.warning(
                 "bearer tokens without TLS: tokens cross the network in clear text; "
                 "add --tls-cert and --tls-key (or terminate TLS in front of the server)"
@@ -187,15 +199,16 @@ class MnistServer:
             raise StartupError(f"models not loaded within {limit}") from None
         for model in models:
             self.store.install(model)
-        default = self.store.get(MODEL_NAME)
-        small, big = default.runner.threads
-        log.info(
-            "provider %s; onnxruntime threads %s (runs of %d images or more: %s)",
-            default.runner.provider,
-            small or "default",
-            BIG_RUN,
-            big or "default",
-        )
+        if models:
+            first = next((m for m in models if m.name == MODEL_NAME), models[0])
+            small, big = first.runner.threads
+            log.info(
+                "provider %s; onnxruntime threads %s (runs of %d images or more: %s)",
+                first.runner.provider,
+                small or "default",
+                BIG_RUN,
+                big or "default",
+            )
         log.info(
             "batching %s: max batch %d images, max delay %d us, max queue %d requests",
             "on" if config.batching else "off",
@@ -204,39 +217,16 @@ class MnistServer:
             config.max_queue,
         )
         await self.publish_readiness()
-        log.info("ready: health SERVING")
-        if config.poll_interval > 0:
-            self._watcher = loop.create_task(self._watch(), name="model-watcher")
-
-    # --- hot reload ----------------------------------------------------------------------
+        log.info("model control mode %s", config.model_control_mode)
+        if self.dataplane.ready():
+            log.info("ready: health SERVING")
+        else:
+            log.info("no model loaded (explicit model control): ready once one is loaded")
+        self.control.start_polling()
 
     async def poll_once(self) -> None:
-        """Load whatever new version the repository holds and swap it in."""
-        loop = asyncio.get_running_loop()
-        for name, version in await loop.run_in_executor(None, self.store.pending):
-            building = loop.run_in_executor(None, self.store.try_build, name, version)
-            try:
-                model = await asyncio.wait_for(building, self.config.model_load_timeout)
-            except TimeoutError:
-                # The thread cannot be stopped; the version is refused and never installed.
-                self.store.refuse(name, version, f"not built within {self.config.model_load_timeout:g} s")
-                continue
-            if model is None:
-                continue
-            previous = self.store.install(model)
-            if previous is not None:
-                # Calls that resolved the old version finish there; then it is dropped.
-                task = loop.create_task(previous.retire())
-                self._retiring.add(task)
-                task.add_done_callback(self._retiring.discard)
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.poll_interval)
-            try:
-                await self.poll_once()
-            except Exception:
-                log.exception("model repository scan failed; current models keep serving")
+        """One scan of the repository in poll mode (``ModelControl.poll_once``)."""
+        await self.control.poll_once()
 
     # --- shutdown ------------------------------------------------------------------------
 
@@ -250,8 +240,7 @@ class MnistServer:
 
     async def stop(self) -> None:
         """Health NOT_SERVING at once, refuse new calls, answer accepted ones, then stop."""
-        if self._watcher is not None:
-            self._watcher.cancel()
+        self.control.stop_polling()
         await self.health.enter_graceful_shutdown()
         started = time.monotonic()
         # New calls are answered UNAVAILABLE (clients retry elsewhere) while accepted ones finish.
@@ -266,8 +255,7 @@ class MnistServer:
         await self.store.close()
         self.decoder.close()
         tracing.shutdown()
-        if self._retiring:
-            await asyncio.gather(*self._retiring, return_exceptions=True)
+        await self.control.close()
         log.info("stopped")
 
     async def run(self) -> None:

@@ -12,22 +12,23 @@ from dataclasses import dataclass
 import numpy as np
 
 from mnist_serving.server import tracing
-from mnist_serving.server.batch_stats import BatchStats
+from mnist_serving.server.batch_stats import BatchStats, RequestTimes
 from mnist_serving.server.errors import DeadlineExpired
 
 
 class Pending:
     """One accepted request: its future, deadline, and the rows of the chunks answered so far."""
 
-    __slots__ = ("future", "deadline", "results", "remaining", "enqueued", "trace")
+    __slots__ = ("future", "deadline", "results", "remaining", "enqueued", "trace", "times")
 
-    def __init__(self, chunks: int, deadline: float | None) -> None:
+    def __init__(self, chunks: int, deadline: float | None, times: RequestTimes | None = None) -> None:
         self.future: asyncio.Future = asyncio.get_running_loop().create_future()
         self.deadline = deadline
         self.results: list = [None] * chunks
         self.remaining = chunks
         self.enqueued = time.monotonic()
         self.trace = tracing.run_trace()  # None unless this call is traced
+        self.times = times  # where its queue wait and run time are added up, if anywhere
 
     def dead(self, now: float) -> bool:
         return self.future.done() or (self.deadline is not None and now >= self.deadline)
@@ -66,14 +67,14 @@ class ChunkQueue:
     def oldest(self) -> Pending:
         return self._chunks[0].request
 
-    def add(self, images: np.ndarray, deadline: float | None) -> Pending:
+    def add(self, images: np.ndarray, deadline: float | None, times: RequestTimes | None = None) -> Pending:
         step = self.max_batch_size
         if len(images) <= step:  # the common case: one chunk
-            request = Pending(1, deadline)
+            request = Pending(1, deadline, times)
             first, later = Chunk(request, 0, images), []
         else:
             parts = [images[i : i + step] for i in range(0, len(images), step)]
-            request = Pending(len(parts), deadline)
+            request = Pending(len(parts), deadline, times)
             first = Chunk(request, 0, parts[0])
             later = [Chunk(request, i, part) for i, part in enumerate(parts[1:], 1)]
         if self._later:  # ahead of the first chunk that is some request's later one

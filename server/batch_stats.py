@@ -1,8 +1,9 @@
 """What the batcher measures: each run's timing, and one statistics record per model version
-(read by /metrics, and by anything else that reports on runs: nothing else keeps counts)."""
+(read by /metrics and by the statistics extension: nothing else keeps counts)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -21,32 +22,94 @@ class RunTiming:
 BatchObserver = Callable[[RunTiming, list[float]], None]  # the run, and each request's queue wait
 
 
+class RequestTimes:
+    """Where one request's time went, filled in as it goes: decoding (``input``), the
+    batcher's queue, the onnxruntime runs that held its images (``infer``), and the instant
+    its results were ready (``inferred_at``, time.perf_counter()), from which building the
+    answer is timed, to the call's end or to ``answered``."""
+
+    __slots__ = ("started", "input", "queue", "infer", "inferred_at", "answered")
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.input = self.queue = self.infer = 0.0
+        self.inferred_at: float | None = None
+        self.answered: float | None = None  # a stream's message, answered before its call ends
+
+
+@dataclass
+class Duration:
+    """A count and the seconds they took (Triton's StatisticDuration, in seconds)."""
+
+    count: int = 0
+    seconds: float = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.seconds += seconds
+
+
+@dataclass
+class SizeStats:
+    """Runs of one batch size: preparing the input, the onnxruntime run, splitting the output."""
+
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
 @dataclass
 class BatchStats:
-    """What one model version's batcher did; /metrics reads it (nothing else keeps counts).
+    """What one model version did; /metrics and the statistics extension read it.
 
-    ``runs_by_size``: runs of each batch size → (runs, seconds in onnxruntime)."""
+    Per request (Triton's ``inference_stats``): successes and failures with their whole
+    duration; for each success its queue wait, decoding, run and answer building. Per run
+    (``runs_by_size``): each batch size's runs with their input, run and output times."""
 
-    runs_by_size: dict[int, list] = field(default_factory=dict)
+    runs_by_size: dict[int, SizeStats] = field(default_factory=dict)
     queue_waits: int = 0  # requests that reached a run
     queue_seconds: float = 0.0
     dropped_expired: int = 0
     dropped_cancelled: int = 0
     refused_overload: int = 0
     last_run_ns: int = 0
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
 
     @property
     def runs(self) -> int:
-        return sum(runs for runs, _ in self.runs_by_size.values())
+        return sum(entry.compute_infer.count for entry in self.runs_by_size.values())
 
     @property
     def images(self) -> int:
-        return sum(size * runs for size, (runs, _) in self.runs_by_size.items())
+        return sum(size * entry.compute_infer.count for size, entry in self.runs_by_size.items())
 
-    def record(self, timing: RunTiming, waits: list[float]) -> None:
-        entry = self.runs_by_size.setdefault(timing.images, [0, 0.0])
-        entry[0] += 1
-        entry[1] += timing.seconds
+    def record(
+        self, timing: RunTiming, waits: list[float], input_s: float = 0.0, output_s: float = 0.0
+    ) -> None:
+        entry = self.runs_by_size.get(timing.images)
+        if entry is None:
+            entry = self.runs_by_size[timing.images] = SizeStats()
+        entry.compute_input.add(input_s)
+        entry.compute_infer.add(timing.seconds)
+        entry.compute_output.add(output_s)
         self.queue_waits += len(waits)
         self.queue_seconds += sum(waits)
         self.last_run_ns = timing.ended_ns
+
+    def request(self, ok: bool, times: RequestTimes, now: float) -> None:
+        """One request that reached this version ended (``now``, time.perf_counter()), ``ok`` or not."""
+        end = now if times.answered is None else times.answered
+        seconds = end - times.started
+        if not ok:
+            self.fail.add(seconds)
+            return
+        self.success.add(seconds)
+        self.queue.add(times.queue)
+        self.compute_input.add(times.input)
+        self.compute_infer.add(times.infer)
+        self.compute_output.add(0.0 if times.inferred_at is None else end - times.inferred_at)

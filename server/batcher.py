@@ -19,7 +19,7 @@ import numpy as np
 
 from mnist_serving.server import tracing
 from mnist_serving.server.batch_queue import Chunk, ChunkQueue
-from mnist_serving.server.batch_stats import BatchObserver, BatchStats, RunTiming
+from mnist_serving.server.batch_stats import BatchObserver, BatchStats, RequestTimes, RunTiming
 from mnist_serving.server.config import BatchingSettings
 from mnist_serving.server.errors import DeadlineExpired, NotReady, Overloaded
 
@@ -64,8 +64,11 @@ class DynamicBatcher:
                 log.error("batcher worker had stopped; starting a new one")
             self._task = asyncio.get_running_loop().create_task(self._worker(), name="batcher")
 
-    async def infer(self, images: np.ndarray, deadline: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Classify uint8 [N,28,28]; ``deadline`` is a time.monotonic() instant or None."""
+    async def infer(
+        self, images: np.ndarray, deadline: float | None = None, times: RequestTimes | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Classify uint8 [N,28,28]; ``deadline`` is a time.monotonic() instant or None; the
+        request's queue wait and run time are added to ``times``, if given."""
         settings = self.settings
         if self._closed:
             raise NotReady("server is shutting down; not accepting new requests")
@@ -79,13 +82,16 @@ class DynamicBatcher:
             held = f"{pending} requests, {waiting} images waiting"
             raise Overloaded(f"queue full ({held}; at most {settings.max_queue_images} images); retry later")
         self.start()  # a no-op while the worker lives
-        request = self._queue.add(images, deadline)
+        request = self._queue.add(images, deadline, times)
         self._pending.add(request)
         self._pending_images += len(images)
         if self._may_hand_over():
             self._wakeup.set()
         try:
-            return await request.future
+            result = await request.future
+            if times is not None:
+                times.inferred_at = time.perf_counter()
+            return result
         finally:
             self._pending.discard(request)
             self._pending_images -= len(images)
@@ -138,7 +144,9 @@ class DynamicBatcher:
 
     async def _run_batch(self, batch: list[Chunk]) -> None:
         try:
+            begun = time.perf_counter()
             images = batch[0].images if len(batch) == 1 else np.concatenate([c.images for c in batch])
+            input_s = time.perf_counter() - begun
             if len(images) <= self._inline_max_images:  # tens of µs: cheaper than two thread wake-ups
                 probabilities, labels, timing = self._timed_run(images)
             else:
@@ -146,12 +154,13 @@ class DynamicBatcher:
                 probabilities, labels, timing = await loop.run_in_executor(
                     self._executor, self._timed_run, images
                 )
+            begun = time.perf_counter()
             offset = 0
             for chunk in batch:
                 end = offset + len(chunk.images)
                 chunk.request.answer(chunk.index, probabilities[offset:end], labels[offset:end])
                 offset = end
-            self._ran(batch, timing)
+            self._ran(batch, timing, input_s, time.perf_counter() - begun)
         except Exception as exc:  # a model failure (or any other) fails every request in the batch
             log.exception("inference failed for a batch of %d chunks", len(batch))
             for chunk in batch:
@@ -160,10 +169,16 @@ class DynamicBatcher:
             self._running.discard(asyncio.current_task())
             self._wakeup.set()  # the worker may hand over the next batch
 
-    def _ran(self, batch: list[Chunk], timing: RunTiming) -> None:
+    def _ran(self, batch: list[Chunk], timing: RunTiming, input_s: float, output_s: float) -> None:
         """A run's statistics, metrics and trace times."""
         waits = [timing.started - c.request.enqueued for c in batch if c.index == 0]
-        self.stats.record(timing, waits)
+        self.stats.record(timing, waits, input_s, output_s)
+        for chunk in batch:
+            times = chunk.request.times
+            if times is not None:
+                times.infer += timing.seconds
+                if chunk.index == 0:
+                    times.queue += timing.started - chunk.request.enqueued
         traced = [c.request.trace for c in batch if c.request.trace is not None]
         if traced:
             tracing.batch_ran(traced, timing.images, timing.started_ns, timing.ended_ns)

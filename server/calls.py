@@ -14,19 +14,24 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mnist_serving.server import tracing
+from mnist_serving.server.batch_stats import RequestTimes
 from mnist_serving.server.errors import (
     CallerGone,
     DeadlineExpired,
+    FailedPrecondition,
     InvalidInput,
     ModelNotFound,
     NotReady,
     Overloaded,
+    PermissionDenied,
     ServingError,
     Unauthenticated,
+    Unimplemented,
 )
 
 if TYPE_CHECKING:
     from mnist_serving.server.dataplane import DataPlane
+    from mnist_serving.server.models import LoadedModel
 
 REQUEST_ID = "x-request-id"
 MAX_REQUEST_ID = 128
@@ -53,6 +58,9 @@ class Status(enum.Enum):
     INTERNAL = 500
     UNAVAILABLE = 503
     UNAUTHENTICATED = 401
+    PERMISSION_DENIED = 403
+    FAILED_PRECONDITION = 409
+    UNIMPLEMENTED = 501
 
     @property
     def http(self) -> int:
@@ -65,6 +73,9 @@ ERROR_STATUS: dict[type[BaseException], Status] = {
     ModelNotFound: Status.NOT_FOUND,
     Unauthenticated: Status.UNAUTHENTICATED,
     Overloaded: Status.RESOURCE_EXHAUSTED,
+    PermissionDenied: Status.PERMISSION_DENIED,
+    FailedPrecondition: Status.FAILED_PRECONDITION,
+    Unimplemented: Status.UNIMPLEMENTED,
     NotReady: Status.UNAVAILABLE,
     DeadlineExpired: Status.DEADLINE_EXCEEDED,
     CallerGone: Status.CANCELLED,
@@ -93,6 +104,17 @@ class Call:
     started: float  # time.perf_counter()
     admitted: bool = False
     span: tracing.CallSpan | None = None  # with tracing on
+    # Each classification the call made: the version that took it, and where its time went
+    # (the version's statistics count them when the call ends).
+    requests: list[tuple[LoadedModel, RequestTimes]] | None = None
+
+    def classifying(self, model: LoadedModel) -> RequestTimes:
+        """Note a classification by ``model``; returns the record its steps add their times to."""
+        times = RequestTimes()
+        if self.requests is None:
+            self.requests = []
+        self.requests.append((model, times))
+        return times
 
 
 CURRENT_CALL: contextvars.ContextVar[Call | None] = contextvars.ContextVar("mnist_serving_call", default=None)

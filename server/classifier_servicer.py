@@ -6,6 +6,7 @@ Admission, errors, metrics and request ids are the data plane's call, via the in
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -69,7 +70,10 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
             result = await self.dataplane.classify(name, version, items)
         else:
             result = await self.dataplane.classify_items(name, version, items)
-        return batch_response(result, request.return_probabilities)
+        response = batch_response(result, request.return_probabilities)
+        if result.times is not None:  # a stream's message is answered before its call ends
+            result.times.answered = time.perf_counter()
+        return response
 
     async def ClassifyBatch(
         self, request: pb.ClassifyBatchRequest, context: grpc.aio.ServicerContext

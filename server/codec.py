@@ -12,7 +12,7 @@ numbers; never a round trip through Python lists), and every refusal is an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,7 @@ from mnist_serving.common.contract import (
     contract_dict,
     pixels_from_unit_floats,
 )
-from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
+from mnist_serving.protos.gen.inference import grpc_service_pb2 as v2
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.server.errors import InvalidInput
 
@@ -147,6 +147,22 @@ def v2_request(request: v2.ModelInferRequest, max_images: int) -> tuple[np.ndarr
     else:
         data, field = tensor.contents.uint_contents, "inputs[0].contents.uint_contents"
     return tensor_images(tensor.datatype, count, data, tensor.shape, field), use_raw, requested
+
+
+MAX_TIMEOUT_US = 86_400_000_000  # a day: longer is surely a unit mistake
+
+
+def timeout_parameter(parameters: Mapping[str, v2.InferParameter]) -> float | None:
+    """Triton's per-request ``timeout`` parameter (int64 microseconds) in seconds, if given."""
+    if "timeout" not in parameters:
+        return None
+    value = parameters["timeout"]
+    if value.WhichOneof("parameter_choice") not in ("int64_param", "uint64_param"):
+        raise InvalidInput("expected an integer number of microseconds", "parameters.timeout")
+    micros = value.int64_param or value.uint64_param
+    if not 0 <= micros <= MAX_TIMEOUT_US:
+        raise InvalidInput(f"{micros} µs; expected 0 (none) to {MAX_TIMEOUT_US}", "parameters.timeout")
+    return micros / 1e6 if micros else None
 
 
 def v2_response(

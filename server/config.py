@@ -25,12 +25,14 @@ def setting(
     help: str,
     choices: Sequence[str] | None = None,
     parse: Callable[[str], Any] | None = None,
+    repeated: bool = False,
 ) -> Any:
     """A flag: its default, help text, allowed values and parser live on the field itself.
 
     ``parse`` is needed where the default does not say the type (None for optional values).
+    ``repeated``: the flag may be given several times (a tuple; its variable is comma-separated).
     """
-    metadata = {"help": help, "choices": choices, "parse": parse}
+    metadata = {"help": help, "choices": choices, "parse": parse, "repeated": repeated}
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -155,9 +157,22 @@ class ServerConfig:
         True,
         "Coalesce concurrent requests into shared runs (false: one run per request chunk).",
     )
+    model_control_mode: str = setting(
+        "poll",
+        "poll: load every model at start and new versions as they appear (Triton's name); "
+        "explicit: only --load-model at start, then load and unload through the repository API "
+        "(one process: not with --workers); none: load every model at start, never change.",
+        choices=("poll", "explicit", "none"),
+    )
+    load_model: tuple[str, ...] = setting(
+        (),
+        "With --model-control-mode explicit: a model to load at start (repeat the flag for more).",
+        parse=str,
+        repeated=True,
+    )
     poll_interval: float = setting(
         5.0,
-        "Seconds between model-repository scans for new versions (0 disables hot reload).",
+        "Seconds between model-repository scans for new versions, in poll mode (0: no scans).",
     )
     tls_cert: Path | None = setting(
         None,
@@ -182,6 +197,12 @@ class ServerConfig:
     auth_token_file: Path | None = setting(
         None,
         "File of accepted bearer tokens, one per line (combined with --auth-token).",
+        parse=Path,
+    )
+    control_token_file: Path | None = setting(
+        None,
+        "File of bearer tokens (one per line) that may load and unload models; they are also "
+        "accepted for every other call. On a server with any token, load and unload need one.",
         parse=Path,
     )
     grace: float = setting(
@@ -275,9 +296,10 @@ def build_parser(prog: str = "mnist-serve") -> argparse.ArgumentParser:
             "--" + item.name.replace("_", "-"),
             dest=item.name,
             help=f"{item.metadata['help']} [env {_env_name(item.name)}]",
-            default=item.default,
+            default=list(item.default) if item.metadata["repeated"] else item.default,
             type=_converter(item),
             choices=item.metadata["choices"],
+            action="append" if item.metadata["repeated"] else "store",
         )
     return parser
 
@@ -292,7 +314,10 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
         if value is not None and value != "":
             convert = _converter(item)
             try:
-                env_defaults[item.name] = convert(value)
+                if item.metadata["repeated"]:
+                    env_defaults[item.name] = [convert(v.strip()) for v in value.split(",") if v.strip()]
+                else:
+                    env_defaults[item.name] = convert(value)
             except (ValueError, argparse.ArgumentTypeError) as exc:
                 parser.error(f"{_env_name(item.name)}={value!r}: {exc}")
     parser.set_defaults(**env_defaults)
@@ -301,7 +326,13 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
         if choices is not None and value not in choices:
             parser.error(f"{_env_name(name)}={value!r}: expected one of {', '.join(choices)}")
     args = parser.parse_args(argv)
-    config = ServerConfig(**{item.name: getattr(args, item.name) for item in fields(ServerConfig)})
+    values = {item.name: getattr(args, item.name) for item in fields(ServerConfig)}
+    for item in fields(ServerConfig):  # append adds to the default list: flags replace it
+        if item.metadata["repeated"]:
+            given = values[item.name]
+            default = env_defaults.get(item.name, item.default)
+            values[item.name] = tuple(given[len(default) :] if len(given) > len(default) else given)
+    config = ServerConfig(**values)
     if args.auth_token == "":
         parser.error("--auth-token: empty; give a token, or leave the flag out to turn tokens off")
     for name in (
@@ -324,6 +355,13 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
         parser.error("--max-batch-delay must be >= 0 microseconds")
     if (config.tls_cert is None) != (config.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
+    if config.model_control_mode == "explicit" and config.workers > 1:
+        parser.error(
+            "--model-control-mode explicit: not with --workers > 1 "
+            "(each process would load and unload its own models)"
+        )
+    if config.load_model and config.model_control_mode != "explicit":
+        parser.error("--load-model: only with --model-control-mode explicit (the others load every model)")
     if config.tls_client_ca is not None and config.tls_cert is None:
         parser.error("--tls-client-ca needs --tls-cert and --tls-key")
     return config.resolved()
@@ -333,7 +371,7 @@ def flags_markdown() -> str:
     """The flags table of docs/operations.md (regenerate with `python -m mnist_serving.server.config`)."""
     rows = ["| flag | environment variable | default | meaning |", "|---|---|---|---|"]
     for item in fields(ServerConfig):
-        shown = "—" if item.default is None else f"`{item.default}`"
+        shown = "—" if item.default in (None, ()) else f"`{item.default}`"
         flag, help_text = item.name.replace("_", "-"), item.metadata["help"]
         rows.append(f"| `--{flag}` | `{_env_name(item.name)}` | {shown} | {help_text} |")
     return "\n".join(rows)

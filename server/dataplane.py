@@ -26,18 +26,23 @@ from mnist_serving.common.contract import (
     NUM_CLASSES,
 )
 from mnist_serving.common.preprocess import PREPROCESSING_VERSION
-from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
-from mnist_serving.server import codec, tracing
+from mnist_serving.protos.gen.inference import grpc_service_pb2 as v2
+from mnist_serving.server import codec, tracing, triton_documents
+from mnist_serving.server.batch_stats import RequestTimes
 from mnist_serving.server.calls import CURRENT_CALL, Call, CallScope, Outcome, Status, request_id, status_of
 from mnist_serving.server.codec import Item
 from mnist_serving.server.config import ServerConfig
 from mnist_serving.server.decode_pool import DecodePool
 from mnist_serving.server.errors import (
+    FailedPrecondition,
     InvalidInput,
     NotReady,
+    PermissionDenied,
     ServingError,
+    Unauthenticated,
 )
 from mnist_serving.server.metrics import Metrics
+from mnist_serving.server.model_control import ModelControl
 from mnist_serving.server.models import LoadedModel, ModelStore
 
 log = logging.getLogger(__name__)
@@ -56,6 +61,7 @@ class Classified:
     labels: np.ndarray  # int64 [N]
     errors: dict[int, ServingError]
     images: np.ndarray | None = None  # uint8 [N,28,28]: what the model saw (zeros where failed)
+    times: RequestTimes | None = None  # where its time went (the model's statistics)
 
     @property
     def confidences(self) -> np.ndarray:
@@ -77,11 +83,17 @@ class DataPlane:
         metrics: Metrics,
         tokens: Sequence[bytes] = (),
         decoder: DecodePool | None = None,
+        control: ModelControl | None = None,
+        control_tokens: Sequence[bytes] = (),
+        max_request_images: int = ServerConfig.max_request_images,
     ) -> None:
         self.store = store
         self.decoder = decoder or DecodePool(0, pixel_budget=ServerConfig.max_request_pixels)
         self.metrics = metrics
-        self.tokens = list(tokens)
+        self.tokens = list(tokens)  # inference tokens: with none, inference is open
+        self.control_tokens = list(control_tokens)  # may also load and unload models
+        self.control = control
+        self.max_request_images = max_request_images
         self.accepting = True
         self.inflight = 0
         self.last_activity = 0.0  # last admission, answer or refusal (time.monotonic())
@@ -93,9 +105,9 @@ class DataPlane:
     # --- readiness: the one source ------------------------------------------------------
 
     def ready(self) -> bool:
-        """Takes calls: the default model is loaded, the server is not draining, and encoded
-        images can be decoded (no decode worker is failing to start)."""
-        return self.accepting and self.store.has_default() and self.decoder.healthy()
+        """Takes calls: 'mnist' is loaded (in explicit model control: any model), the server is
+        not draining, and encoded images can be decoded (no decode worker is failing to start)."""
+        return self.accepting and self.store.ready() and self.decoder.healthy()
 
     # --- auth ---------------------------------------------------------------------------
 
@@ -103,14 +115,24 @@ class DataPlane:
         """Why a call's ``authorization`` value is refused, or None (also None without tokens)."""
         if not self.tokens:
             return None
-        if not authorization:
-            return "missing authorization metadata; expected 'authorization: Bearer <token>'"
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return "authorization metadata must be 'Bearer <token>'"
-        candidate = token.strip().encode()
-        if not any(hmac.compare_digest(candidate, t) for t in self.tokens):
+        candidate = _bearer(authorization)
+        if isinstance(candidate, str):
+            return candidate
+        if not _matches(candidate, self.tokens) and not _matches(candidate, self.control_tokens):
             return "invalid bearer token"
+        return None
+
+    def control_problem(self, authorization: str | None) -> ServingError | None:
+        """Why a call may not load or unload models: a server with any token needs a control token."""
+        if not self.tokens and not self.control_tokens:
+            return None  # no tokens at all: open, as Triton is
+        if not self.control_tokens:
+            return PermissionDenied("model control on a server with tokens needs --control-token-file")
+        candidate = _bearer(authorization)
+        if isinstance(candidate, str):
+            return Unauthenticated(candidate)
+        if not _matches(candidate, self.control_tokens):
+            return PermissionDenied("this token may not load or unload models (not in --control-token-file)")
         return None
 
     def refused(self, api: str, method: str, problem: str) -> None:
@@ -196,7 +218,11 @@ class DataPlane:
                 message,
                 extra={"fields": self._fields(call, status)},
             )
-        self._record(call.api, call.method, status, time.perf_counter() - call.started)
+        now = time.perf_counter()
+        self._record(call.api, call.method, status, now - call.started)
+        if call.requests:  # the statistics of the versions that took its classifications
+            for model, times in call.requests:
+                model.batcher.stats.request(status is Status.OK, times, now)
         if call.span is not None:
             tracing.end_call(call.span, status.name, message)
             call.span = None
@@ -237,9 +263,42 @@ class DataPlane:
 
     def model(self, name: str, version: str = "") -> LoadedModel:
         """The loaded model for a request's name and version ('' = the served default)."""
-        if not self.store.has_default():
+        if not self.store.ready():
             raise NotReady(NOT_READY)
         return self.store.get(name or MODEL_NAME, version)
+
+    # --- Triton's extensions: configuration, statistics, repository, model control ---------------
+
+    def model_config(self, name: str, version: str = "") -> v2.ModelConfigResponse:
+        config = triton_documents.model_config(self.model(name, version), self.store, self.max_request_images)
+        return v2.ModelConfigResponse(config=config)
+
+    def statistics(self, name: str = "", version: str = "") -> v2.ModelStatisticsResponse:
+        """Every loaded version's statistics (no name), or one model's (and version's)."""
+        if name:
+            models = [self.store.get(name, version)]
+        elif version:
+            raise InvalidInput("a version needs a model name", "version")
+        else:
+            models = self.store.all()
+        return v2.ModelStatisticsResponse(model_stats=[triton_documents.model_statistics(m) for m in models])
+
+    def repository_index(self, ready_only: bool = False) -> v2.RepositoryIndexResponse:
+        return triton_documents.repository_index(self.store, ready_only)
+
+    async def load(self, name: str, parameters: Mapping[str, object], authorization: str | None) -> None:
+        await self._controlling(authorization).load(name, parameters)
+
+    async def unload(self, name: str, authorization: str | None) -> None:
+        await self._controlling(authorization).unload(name)
+
+    def _controlling(self, authorization: str | None) -> ModelControl:
+        problem = self.control_problem(authorization)
+        if problem is not None:
+            raise problem
+        if self.control is None:
+            raise FailedPrecondition("this server has no model control")
+        return self.control
 
     def metadata(self, name: str, version: str = "") -> v2.ModelMetadataResponse:
         """A model's metadata, as every transport answers it (REST as JSON)."""
@@ -253,10 +312,13 @@ class DataPlane:
         try:
             if tracing.enabled():
                 tracing.annotate(model=model.name, version=model.version_str, images=len(images))
-            probabilities, labels = await model.batcher.infer(images, self._deadline())
+            call = CURRENT_CALL.get()
+            times = None if call is None else call.classifying(model)
+            deadline = None if call is None else call.deadline
+            probabilities, labels = await model.batcher.infer(images, deadline, times)
         finally:
             model.release()
-        return Classified(model, probabilities, labels, {}, images)
+        return Classified(model, probabilities, labels, {}, images, times)
 
     async def classify_items(
         self,
@@ -281,14 +343,19 @@ class DataPlane:
         count = len(items)
         if tracing.enabled():
             tracing.annotate(model=model.name, version=model.version_str, images=count)
+        call = CURRENT_CALL.get()
+        times = None if call is None else call.classifying(model)
         errors: dict[int, ServingError] = {}
         decoded: dict[int, np.ndarray] = {}
         encoded = [index for index, item in enumerate(items) if isinstance(item, bytes)]
         if encoded:  # off the event loop, in the decode pool
+            begun = time.perf_counter()
             with tracing.span("decode", images=len(encoded)):
                 values = await self.decoder.decode(
                     [items[i] for i in encoded], [f"{field(i)}.encoded" for i in encoded], self._deadline()
                 )
+            if times is not None:
+                times.input += time.perf_counter() - begun
             for index, value in zip(encoded, values, strict=True):
                 if isinstance(value, InvalidInput):
                     errors[index] = value
@@ -305,12 +372,26 @@ class DataPlane:
         if decoded:
             good = sorted(decoded)
             images[good] = np.stack([decoded[i] for i in good])
-            found, found_labels = await model.batcher.infer(images[good], self._deadline())
+            found, found_labels = await model.batcher.infer(images[good], self._deadline(), times)
             probabilities[good] = found
             labels[good] = found_labels
-        return Classified(model, probabilities, labels, errors, images)
+        return Classified(model, probabilities, labels, errors, images, times)
 
     @staticmethod
     def _deadline() -> float | None:
         call = CURRENT_CALL.get()
         return None if call is None else call.deadline
+
+
+def _bearer(authorization: str | None) -> bytes | str:
+    """The token of an ``authorization`` value, or (text) why it is not one."""
+    if not authorization:
+        return "missing authorization metadata; expected 'authorization: Bearer <token>'"
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return "authorization metadata must be 'Bearer <token>'"
+    return token.strip().encode()
+
+
+def _matches(candidate: bytes, tokens: Sequence[bytes]) -> bool:
+    return any(hmac.compare_digest(candidate, t) for t in tokens)

@@ -43,6 +43,19 @@ class NotReady(ServingError):
     """No model loaded yet, or the server is draining: retry elsewhere or later."""
 
 
+class PermissionDenied(ServingError):
+    """A valid token that may not do this (an inference token asking to unload a model)."""
+
+
+class FailedPrecondition(ServingError):
+    """The server is not in a state for this: model control in the wrong mode, a model
+    version that cannot be served."""
+
+
+class Unimplemented(ServingError):
+    """A method of the protocol this server has no meaning for; the message says what it has."""
+
+
 class CallerGone(ServingError):
     """The caller went away before the call was answered (a REST client that disconnected)."""
 

@@ -20,6 +20,9 @@ OPEN_SERVICES = ("grpc.health.v1.Health",)
 TRACE_HEADERS = ("traceparent", "tracestate")
 # The project's own services, and the API label their metrics carry.
 APIS = {"mnist.v1.Classifier": "mnist.v1", "inference.GRPCInferenceService": "inference"}
+# Streams whose every message is a call of its own (the servicer opens it): the token is
+# checked when the stream opens, and a message that cannot be parsed is that message's error.
+PER_MESSAGE = {"/inference.GRPCInferenceService/ModelStreamInfer"}
 
 
 def grpc_code(status: Status) -> grpc.StatusCode:
@@ -59,6 +62,9 @@ class DataPlaneInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, api: str, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         # No request_deserializer: the bytes are parsed inside the call, once the token holds.
         serializer = handler.response_serializer
+        if f"/{_service(api)}/{method}" in PER_MESSAGE:
+            behavior = self._per_message(api, method, handler.stream_stream, handler.request_deserializer)
+            return grpc.stream_stream_rpc_method_handler(behavior, response_serializer=serializer)
         if handler.unary_unary:
             behavior = self._unary(api, method, handler.unary_unary, handler.request_deserializer)
             return grpc.unary_unary_rpc_method_handler(behavior, response_serializer=serializer)
@@ -103,6 +109,30 @@ class DataPlaneInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(grpc_code(failed.status), failed.message)
 
         return wrapped
+
+    def _per_message(self, api: str, method: str, behavior: Callable, parse: Callable) -> Callable:
+        async def wrapped(messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator:
+            problem = self.dataplane.auth_problem(header(context.invocation_metadata(), "authorization"))
+            if problem is not None:
+                self.dataplane.refused(api, method, problem)
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
+            async for response in behavior(_parsed_or_error(parse, messages), context):
+                yield response
+
+        return wrapped
+
+
+def _service(api: str) -> str:
+    return next(service for service, name in APIS.items() if name == api)
+
+
+async def _parsed_or_error(parse: Callable[[bytes], object], messages: AsyncIterator[bytes]) -> AsyncIterator:
+    """Each message parsed, or the InvalidInput that says why it could not be."""
+    async for data in messages:
+        try:
+            yield _parsed(parse, data)
+        except InvalidInput as exc:
+            yield exc
 
 
 def _parsed(parse: Callable[[bytes], object], data: bytes) -> object:

@@ -129,7 +129,7 @@ class _BatcherCollector:
         except RuntimeError:  # a reload changed the models while they were listed: list again
             served = list(self.source())
         for name, version, stats in served:
-            runs = {size: entry[0] for size, entry in list(stats.runs_by_size.items())}
+            runs = {size: entry.compute_infer.count for size, entry in list(stats.runs_by_size.items())}
             images.add_metric([name, version], sum(size * count for size, count in runs.items()))
             buckets = [(str(b), sum(c for size, c in runs.items() if size <= b)) for b in BATCH_BUCKETS]
             buckets.append(("+Inf", sum(runs.values())))

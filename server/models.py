@@ -94,7 +94,12 @@ class LoadedModel:
 
 
 class ModelStore:
-    """Models from a Triton-style repository: each model's newest (or pinned) version."""
+    """Models from a Triton-style repository: each model's newest (or pinned) version.
+
+    ``mode`` is Triton's model-control mode: ``poll`` and ``none`` serve every model of the
+    repository ('mnist' required); ``explicit`` serves the models in ``requested`` (the
+    ``--load-model`` ones, then whatever the repository API loads) and is ready with any one.
+    """
 
     def __init__(
         self,
@@ -105,8 +110,13 @@ class ModelStore:
         run_threads: tuple[int, int] = (0, 0),
         pinned_version: int | None = None,
         inline_max_images: int = 0,
+        mode: str = "poll",
+        requested: tuple[str, ...] = (),
     ) -> None:
         self.repository = Path(repository)
+        self.mode = mode
+        self.requested: set[str] = set(requested)
+        self.reasons: dict[str, str] = {}  # why a model of the repository is not served
         self.inline_max_images = inline_max_images
         self.providers = providers
         self.batching = batching
@@ -162,20 +172,33 @@ class ModelStore:
             if resolved != root and root not in resolved.parents:
                 raise StartupError(f"{path}: leads outside the model repository (to {resolved})")
 
-    def wanted(self) -> dict[str, int]:
-        """For each model in the repository, the version that should be serving."""
+    def names(self) -> list[str]:
+        """The models of the repository: directories with at least one version."""
         if not self.repository.is_dir():
-            return {}
+            return []
+        return [
+            entry.name
+            for entry in sorted(self.repository.iterdir())
+            if entry.is_dir() and model_repository.list_versions(self.repository, entry.name)
+        ]
+
+    def wanted_version(self, name: str) -> int | None:
+        """The version of ``name`` that should serve: the pinned one for 'mnist', else the newest."""
+        versions = model_repository.list_versions(self.repository, name)
+        if name == MODEL_NAME and self.pinned_version is not None:
+            return self.pinned_version if self.pinned_version in versions else None
+        return versions[-1] if versions else None
+
+    def wanted(self) -> dict[str, int]:
+        """For each model this mode serves, the version that should be serving."""
+        names = self.names()
+        if self.mode == "explicit":
+            names = [name for name in names if name in self.requested]
         wanted = {}
-        for entry in sorted(self.repository.iterdir()):
-            versions = model_repository.list_versions(self.repository, entry.name) if entry.is_dir() else []
-            if not versions:
-                continue
-            if entry.name == MODEL_NAME and self.pinned_version is not None:
-                if self.pinned_version in versions:
-                    wanted[entry.name] = self.pinned_version
-            else:
-                wanted[entry.name] = versions[-1]
+        for name in names:
+            version = self.wanted_version(name)
+            if version is not None:
+                wanted[name] = version
         return wanted
 
     def pending(self) -> list[tuple[str, int]]:
@@ -193,6 +216,7 @@ class ModelStore:
     def refuse(self, name: str, version: int, reason: str) -> None:
         """Remember a refused version (until its files change), log it and count it."""
         self._refused[(name, version)] = self._signature(name, version)
+        self.reasons[name] = f"version {version} refused: {reason}"
         log.error("refused model %s version %d: %s", name, version, reason)
         self.metrics.model_loads.labels(name, str(version), "failed").inc()
 
@@ -211,6 +235,7 @@ class ModelStore:
     def install(self, model: LoadedModel) -> LoadedModel | None:
         """Make ``model`` the served version of its name; returns the version it replaced."""
         model.batcher.start()
+        self.reasons.pop(model.name, None)
         versions = self.models.setdefault(model.name, {})
         previous = versions.get(self.default.get(model.name, -1))
         versions[model.version] = model
@@ -240,8 +265,20 @@ class ModelStore:
             return previous
         return None
 
+    def uninstall(self, name: str, reason: str) -> list[LoadedModel]:
+        """Stop serving ``name`` (explicit mode): new calls no longer find it; returns its
+        versions, for the caller to retire once the calls that hold them are answered."""
+        self.requested.discard(name)
+        removed = list(self.models.pop(name, {}).values())
+        self.default.pop(name, None)
+        self.reasons[name] = reason
+        for model in removed:
+            log.info("unloaded model %s version %d", model.name, model.version)
+        return removed
+
     def check_repository(self) -> None:
-        """Before the port opens: a repository without 'mnist' is a configuration error.
+        """Before the port opens: a repository without 'mnist' (or, in explicit mode, without a
+        model --load-model names) is a configuration error.
 
         The process exits 2 without ever binding, so a supervisor sees a clear failure
         instead of a server that listens, then dies.
@@ -252,6 +289,13 @@ class ModelStore:
                 "run mnist-train and mnist-export first (or `make run`)"
             )
         wanted = self.wanted()
+        if self.mode == "explicit":
+            for name in sorted(self.requested - set(wanted)):
+                raise StartupError(
+                    f"--load-model {name}: no servable version in {self.repository} "
+                    f"(models there: {', '.join(self.names()) or 'none'})"
+                )
+            return
         if MODEL_NAME not in wanted:
             versions = model_repository.list_versions(self.repository, MODEL_NAME)
             if self.pinned_version is not None and versions:
@@ -269,7 +313,8 @@ class ModelStore:
         wanted = self.wanted()
         built = []
         for name, version in wanted.items():
-            if name == MODEL_NAME:  # required: any failure stops the start-up, as a StartupError
+            required = name in self.requested if self.mode == "explicit" else name == MODEL_NAME
+            if required:  # any failure stops the start-up, as a StartupError
                 try:
                     built.append(self.build(name, version))
                 except Exception as exc:
@@ -289,6 +334,10 @@ class ModelStore:
         """The required model ('mnist') is loaded."""
         return MODEL_NAME in self.default
 
+    def ready(self) -> bool:
+        """Ready for calls: 'mnist' is loaded, or in explicit mode any model is."""
+        return bool(self.default) if self.mode == "explicit" else MODEL_NAME in self.default
+
     def versions(self, name: str) -> list[int]:
         return sorted(self.models.get(name, {}))
 
@@ -296,7 +345,11 @@ class ModelStore:
         """The loaded model for a name and version ('' = the served default); ModelNotFound else."""
         versions = self.models.get(name)
         if versions is None:
-            raise ModelNotFound(f"model_name: '{name[:100]}' is not served; available: {sorted(self.models)}")
+            reason = self.reasons.get(name) if self.mode == "explicit" else None
+            hint = f" ({reason[:200]}; load it through the repository API)" if reason else ""
+            raise ModelNotFound(
+                f"model_name: '{name[:100]}' is not served{hint}; available: {sorted(self.models)}"
+            )
         if not version:
             return versions[self.default[name]]
         if not VERSION.fullmatch(version):  # "01", "²", "١" and 5,000 digits are not versions

@@ -10,6 +10,7 @@ HTTP status of the data plane's table.
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from typing import Any
 
@@ -20,10 +21,11 @@ from starlette.routing import Route
 
 from mnist_serving.common import __version__
 from mnist_serving.common.contract import IMAGE_SHAPE, metadata_document
-from mnist_serving.server import big_json, codec, tracing
+from mnist_serving.server import big_json, codec, tracing, triton_documents
 from mnist_serving.server.calls import REQUEST_ID, CallFailed, CallScope, Status
 from mnist_serving.server.dataplane import DataPlane
-from mnist_serving.server.errors import BodyTooLarge, CallerGone, InvalidInput
+from mnist_serving.server.errors import BodyTooLarge, CallerGone, InvalidInput, Unimplemented
+from mnist_serving.server.triton_documents import EXTENSIONS
 
 API_V2 = "inference.rest"
 API_OWN = "mnist.v1.rest"
@@ -58,6 +60,19 @@ class RestFrontEnd:
             Route("/v2/health/live", self.live),
             Route("/v2/health/ready", self.ready),
             Route("/v2", self.server_metadata),
+            Route("/v2/repository/index", self.repository_index, methods=["POST"]),
+            Route("/v2/repository/models/{name}/load", self.load, methods=["POST"]),
+            Route("/v2/repository/models/{name}/unload", self.unload, methods=["POST"]),
+            Route("/v2/models/stats", self.statistics),
+            Route("/v2/models/{name}/stats", self.statistics),
+            Route("/v2/models/{name}/versions/{version}/stats", self.statistics),
+            Route("/v2/models/{name}/config", self.model_config),
+            Route("/v2/models/{name}/versions/{version}/config", self.model_config),
+            Route("/v2/systemsharedmemory{rest:path}", self.unimplemented, methods=["GET", "POST"]),
+            Route("/v2/cudasharedmemory{rest:path}", self.unimplemented, methods=["GET", "POST"]),
+            Route("/v2/trace/setting", self.unimplemented, methods=["GET", "POST"]),
+            Route("/v2/models/{name}/trace/setting", self.unimplemented, methods=["GET", "POST"]),
+            Route("/v2/logging", self.unimplemented, methods=["GET", "POST"]),
             Route("/v2/models/{name}", self.model_metadata),
             Route("/v2/models/{name}/versions/{version}", self.model_metadata),
             Route("/v2/models/{name}/ready", self.model_ready),
@@ -114,7 +129,8 @@ class RestFrontEnd:
 
     async def server_metadata(self, request: Request) -> Response:
         async with self._call(request, API_V2, "ServerMetadata") as call:
-            document = {"name": "mnist-serving", "version": __version__, "extensions": ["binary_tensor_data"]}
+            extensions = ["binary_tensor_data", *EXTENSIONS]
+            document = {"name": "mnist-serving", "version": __version__, "extensions": extensions}
         return _json(document, headers={REQUEST_ID: call.request_id})
 
     async def model_metadata(self, request: Request) -> Response:
@@ -149,6 +165,68 @@ class RestFrontEnd:
             return Response(content, headers=headers, media_type="application/json")
         headers[codec.HEADER_LENGTH] = str(json_length)
         return Response(content, headers=headers, media_type="application/octet-stream")
+
+    # --- Triton's extensions ------------------------------------------------------------------
+
+    async def model_config(self, request: Request) -> Response:
+        name, version = request.path_params["name"], request.path_params.get("version", "")
+        async with self._call(request, API_V2, "ModelConfig") as call:
+            document = triton_documents.to_json(self.dataplane.model_config(name, version).config)
+        return _json(document, headers={REQUEST_ID: call.request_id})
+
+    async def statistics(self, request: Request) -> Response:
+        name, version = request.path_params.get("name", ""), request.path_params.get("version", "")
+        async with self._call(request, API_V2, "ModelStatistics") as call:
+            document = triton_documents.to_json(self.dataplane.statistics(name, version))
+        return _json(document, headers={REQUEST_ID: call.request_id})
+
+    async def repository_index(self, request: Request) -> Response:
+        async with self._call(request, API_V2, "RepositoryIndex") as call:
+            options = await self._json_body(request)
+            ready = options.get("ready", False)
+            if not isinstance(ready, bool):
+                raise InvalidInput("expected true or false", "ready")
+            index = self.dataplane.repository_index(ready)
+            document = [triton_documents.to_json(model) for model in index.models]
+        return _json(document, headers={REQUEST_ID: call.request_id})
+
+    async def load(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        async with self._call(request, API_V2, "RepositoryModelLoad") as call:
+            options = await self._json_body(request)
+            parameters = options.get("parameters") or {}
+            if not isinstance(parameters, dict):
+                raise InvalidInput("expected an object", "parameters")
+            await self.dataplane.load(name, parameters, request.headers.get("authorization"))
+        return Response(b"", headers={REQUEST_ID: call.request_id})
+
+    async def unload(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        async with self._call(request, API_V2, "RepositoryModelUnload") as call:
+            await self._json_body(request)  # Triton's unload_dependents changes nothing here
+            await self.dataplane.unload(name, request.headers.get("authorization"))
+        return Response(b"", headers={REQUEST_ID: call.request_id})
+
+    async def unimplemented(self, request: Request) -> Response:
+        async with self._call(request, API_V2, "Unimplemented"):
+            path = request.url.path
+            if "sharedmemory" in path:
+                raise Unimplemented("shared memory is not offered: send tensors as binary tensor data")
+            raise Unimplemented(f"{path}: not offered; see docs/operations.md for what this server has")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _json_body(self, request: Request) -> dict[str, Any]:
+        """A small JSON object body (Triton's options), or {} when there is none."""
+        body = await self._body(request)
+        if not body.strip():
+            return {}
+        try:
+            document = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"not JSON ({exc})", "request body") from None
+        if not isinstance(document, dict):
+            raise InvalidInput("expected a JSON object", "request body")
+        return document
 
     # --- the own API's single image (what the page sends) ----------------------------------------
 

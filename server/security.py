@@ -35,10 +35,26 @@ def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials(pair)
 
 
+def _token_file(path: Path, flag: str) -> list[str]:
+    text = _read(path, flag).decode()
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
 def load_tokens(config: ServerConfig) -> list[bytes]:
+    """The inference tokens (--auth-token, --auth-token-file)."""
     tokens = [config.auth_token] if config.auth_token else []
     if config.auth_token_file is not None:
-        text = _read(config.auth_token_file, "--auth-token-file").decode()
-        lines = (line.strip() for line in text.splitlines())
-        tokens += [line for line in lines if line and not line.startswith("#")]
+        tokens += _token_file(config.auth_token_file, "--auth-token-file")
+    return [t.encode() for t in tokens]
+
+
+def load_control_tokens(config: ServerConfig) -> list[bytes]:
+    """The tokens that may load and unload models (--control-token-file); an empty file is an
+    error, as it would lock model control without saying so."""
+    if config.control_token_file is None:
+        return []
+    tokens = _token_file(config.control_token_file, "--control-token-file")
+    if not tokens:
+        raise StartupError(f"--control-token-file {config.control_token_file}: no token in it")
     return [t.encode() for t in tokens]

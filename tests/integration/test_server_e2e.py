@@ -13,8 +13,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from mnist_serving.client import AsyncClient, Client
-from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
-from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from mnist_serving.protos.gen.inference import grpc_service_pb2 as v2
+from mnist_serving.protos.gen.inference import grpc_service_pb2_grpc as v2_grpc
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
 from tests.helpers import dark_on_light, encode

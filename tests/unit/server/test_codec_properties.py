@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from mnist_serving.common.contract import IMAGE_PIXELS, IMAGE_SHAPE, NO_DIGIT_FOUND
-from mnist_serving.protos.gen.inference import grpc_predict_v2_pb2 as v2
+from mnist_serving.protos.gen.inference import grpc_service_pb2 as v2
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.server import preprocess
 from mnist_serving.server.codec import batch_items, image_item, v2_request
