@@ -263,7 +263,7 @@ class DataPlane:
 
     def model(self, name: str, version: str = "") -> LoadedModel:
         """The loaded model for a request's name and version ('' = the served default)."""
-        if not self.store.ready():
+        if not self.store.ready() and self.store.mode != "explicit":  # still loading at start
             raise NotReady(NOT_READY)
         return self.store.get(name or MODEL_NAME, version)
 

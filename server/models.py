@@ -345,11 +345,14 @@ class ModelStore:
         """The loaded model for a name and version ('' = the served default); ModelNotFound else."""
         versions = self.models.get(name)
         if versions is None:
-            reason = self.reasons.get(name) if self.mode == "explicit" else None
-            hint = f" ({reason[:200]}; load it through the repository API)" if reason else ""
-            raise ModelNotFound(
-                f"model_name: '{name[:100]}' is not served{hint}; available: {sorted(self.models)}"
-            )
+            if self.mode == "explicit" and name in self.reasons or name in self.names():
+                reason = self.reasons.get(name, "not loaded")
+                raise ModelNotFound(
+                    f"model_name: '{name[:100]}' is not loaded ({reason[:300]}); "
+                    f"loaded: {sorted(self.models)}"
+                    + ("; load it with RepositoryModelLoad" if self.mode == "explicit" else "")
+                )
+            raise ModelNotFound(f"model_name: '{name[:100]}' is not served; available: {sorted(self.models)}")
         if not version:
             return versions[self.default[name]]
         if not VERSION.fullmatch(version):  # "01", "²", "١" and 5,000 digits are not versions

@@ -131,3 +131,26 @@ def test_token_file_skips_comments_and_blank_lines_after_stripping(tmp_path: Pat
 def test_big_runs_get_this_process_share_of_the_cores_only_by_default(monkeypatch, flag, workers, expected):
     monkeypatch.setattr("mnist_serving.server.config.available_cpus", lambda: 8)
     assert ServerConfig(intra_op_threads=flag, workers=workers).run_threads == expected
+
+
+def test_load_model_repeats_and_reads_a_comma_separated_variable():
+    explicit = ["--model-control-mode", "explicit"]
+    assert load_config(explicit + ["--load-model", "a", "--load-model", "b"], {}).load_model == ("a", "b")
+    assert load_config(explicit, {"MNIST_SERVING_LOAD_MODEL": "a, b"}).load_model == ("a", "b")
+    flags_win = load_config(explicit + ["--load-model", "c"], {"MNIST_SERVING_LOAD_MODEL": "a,b"})
+    assert flags_win.load_model == ("c",)
+    assert load_config([], {}).load_model == ()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--model-control-mode", "explicit", "--workers", "2"],
+        ["--load-model", "mnist"],  # poll mode loads every model
+        ["--model-control-mode", "manual"],
+    ],
+)
+def test_model_control_flags_that_cannot_work_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        load_config(argv, {})
+    assert info.value.code == 2
