@@ -27,7 +27,11 @@ PACKAGE = "mnist_serving.protos.gen"
 _IMPORT = re.compile(r"^from (mnist\.v1|inference) import", re.MULTILINE)
 # (file, upstream text, replacement): each must match exactly once, or generation stops.
 EDITS = (
-    ("inference/grpc_service.proto", 'import "model_config.proto";', 'import "inference/model_config.proto";'),
+    (
+        "inference/grpc_service.proto",
+        'import "model_config.proto";',
+        'import "inference/model_config.proto";',
+    ),
     (
         "inference/grpc_service.proto",
         "  repeated TensorMetadata outputs = 5;\n}",
