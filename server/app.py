@@ -36,6 +36,7 @@ from mnist_serving.server.v2_servicer import InferenceServicer
 
 log = logging.getLogger("mnist_serving.server")
 
+SAME_SIGNAL_WINDOW = 1.0  # seconds: a signal this soon after the first is the same one delivered twice
 SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["Classifier"].full_name,
     v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
@@ -57,7 +58,7 @@ class MnistServer:
         self.http_port: int | None = None
         self.http: http_listener.HttpListener | None = None
         self._stop = asyncio.Event()
-        self._signals = 0
+        self._first_signal: float | None = None  # time.monotonic() of the signal that began the drain
         self.store = ModelStore(
             config.model_repository,
             select_providers(config.device),
@@ -68,6 +69,7 @@ class MnistServer:
             inline_max_images=config.inline_max_images,
             mode=config.model_control_mode,
             requested=config.load_model,
+            device=config.device,
         )
         self.control = ModelControl(
             self.store, config.model_load_timeout, config.poll_interval, self.publish_readiness
@@ -118,6 +120,11 @@ class MnistServer:
             # Only worker processes share a port; a lone server must not silently share one.
             ("grpc.so_reuseport", 1 if self.reuse_port else 0),
         ]
+        if config.max_connection_age > 0:  # clients reconnect now and then: new replicas get calls
+            options += [
+                ("grpc.max_connection_age_ms", round(config.max_connection_age * 1000)),
+                ("grpc.max_connection_age_grace_ms", round(config.max_connection_age_grace * 1000)),
+            ]
         credentials = security.server_credentials(config)
         if (self.dataplane.tokens or self.dataplane.control_tokens) and credentials is None:
             log.warning(
@@ -231,11 +238,23 @@ class MnistServer:
     # --- shutdown ------------------------------------------------------------------------
 
     def _on_signal(self, signum: int) -> None:
-        self._signals += 1
-        if self._signals > 1:
-            log.warning("second signal (%s): exiting at once", signal.Signals(signum).name)
+        """The first signal drains; one more, a second or more later, exits at once. A copy
+        within ``SAME_SIGNAL_WINDOW`` is the same request delivered twice (``timeout``, make and
+        other supervisors signal the process and its group), not a second one."""
+        name = signal.Signals(signum).name
+        now = time.monotonic()
+        if self._first_signal is not None:
+            if now - self._first_signal < SAME_SIGNAL_WINDOW:
+                log.info(
+                    "%s again within %g s (sent to the process group too): still draining",
+                    name,
+                    SAME_SIGNAL_WINDOW,
+                )
+                return
+            log.warning("second signal (%s): exiting at once", name)
             os._exit(1)
-        log.info("%s: draining (grace %.1f s)", signal.Signals(signum).name, self.config.grace)
+        self._first_signal = now
+        log.info("%s: draining (grace %.1f s)", name, self.config.grace)
         self._stop.set()
 
     async def stop(self) -> None:

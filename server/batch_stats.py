@@ -73,12 +73,13 @@ class BatchStats:
     dropped_cancelled: int = 0
     refused_overload: int = 0
     last_run_ns: int = 0
-    success: Duration = field(default_factory=Duration)
     fail: Duration = field(default_factory=Duration)
-    queue: Duration = field(default_factory=Duration)
-    compute_input: Duration = field(default_factory=Duration)
-    compute_infer: Duration = field(default_factory=Duration)
-    compute_output: Duration = field(default_factory=Duration)
+    success_count: int = 0
+    success_seconds: float = 0.0
+    queue_sum: float = 0.0
+    input_sum: float = 0.0
+    infer_sum: float = 0.0
+    output_sum: float = 0.0
 
     @property
     def runs(self) -> int:
@@ -104,12 +105,25 @@ class BatchStats:
     def request(self, ok: bool, times: RequestTimes, now: float) -> None:
         """One request that reached this version ended (``now``, time.perf_counter()), ``ok`` or not."""
         end = now if times.answered is None else times.answered
-        seconds = end - times.started
         if not ok:
-            self.fail.add(seconds)
+            self.fail.add(end - times.started)
             return
-        self.success.add(seconds)
-        self.queue.add(times.queue)
-        self.compute_input.add(times.input)
-        self.compute_infer.add(times.infer)
-        self.compute_output.add(0.0 if times.inferred_at is None else end - times.inferred_at)
+        # Every success has each step: one count for all of them (read by ``counted``).
+        self.success_count += 1
+        self.success_seconds += end - times.started
+        self.queue_sum += times.queue
+        self.input_sum += times.input
+        self.infer_sum += times.infer
+        self.output_sum += 0.0 if times.inferred_at is None else end - times.inferred_at
+
+    def counted(self) -> dict[str, Duration]:
+        """Per request, as Triton reports it: success, fail, queue, compute input, infer, output."""
+        count = self.success_count
+        return {
+            "success": Duration(count, self.success_seconds),
+            "fail": self.fail,
+            "queue": Duration(count, self.queue_sum),
+            "compute_input": Duration(count, self.input_sum),
+            "compute_infer": Duration(count, self.infer_sum),
+            "compute_output": Duration(count, self.output_sum),
+        }

@@ -123,7 +123,8 @@ class ServerConfig:
     )
     decode_workers: int = setting(
         -1,
-        "Processes decoding images off the event loop (-1: cores / --workers; 0: on the event loop).",
+        "Processes decoding images off the event loop (-1: the CPUs this process may use / "
+        "--workers; 0: on the event loop).",
     )
     max_decode_ms: float = setting(
         500.0,
@@ -144,6 +145,16 @@ class ServerConfig:
         10.0,
         "Seconds a REST caller has to send a request's line and headers before 408 and a closed "
         "connection (heads are also capped at 64 KiB: 431).",
+    )
+    max_connection_age: float = setting(
+        60.0,
+        "Seconds after which a client's gRPC connection is asked to reconnect (GOAWAY, with "
+        "gRPC's jitter of a tenth), so clients re-resolve and new replicas get calls; 0: never.",
+    )
+    max_connection_age_grace: float = setting(
+        300.0,
+        "Seconds the calls still open on such a connection may take before it is closed (a "
+        "longer stream is cut and must be reopened).",
     )
     max_concurrent_rpcs: int = setting(
         4096,
@@ -349,6 +360,8 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if config.max_decode_ms <= 0:
         parser.error("--max-decode-ms must be above 0")
+    if config.max_connection_age < 0 or config.max_connection_age_grace < 0:
+        parser.error("--max-connection-age and --max-connection-age-grace must be >= 0 seconds")
     if config.http_header_timeout <= 0:
         parser.error("--http-header-timeout must be above 0 seconds")
     if config.max_batch_delay < 0:

@@ -303,7 +303,10 @@ class DataPlane:
     def metadata(self, name: str, version: str = "") -> v2.ModelMetadataResponse:
         """A model's metadata, as every transport answers it (REST as JSON)."""
         model = self.model(name, version)
-        parameters = {"preprocessing_version": PREPROCESSING_VERSION}
+        parameters = {
+            "preprocessing_version": PREPROCESSING_VERSION,
+            "execution_provider": model.runner.provider,
+        }
         return codec.metadata_response(model.name, self.store.versions(model.name), parameters)
 
     async def classify(self, name: str, version: str, images: np.ndarray) -> Classified:

@@ -24,6 +24,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -59,9 +60,11 @@ def _decode_one(blob: bytes, field: str) -> Decoded:
 
 
 def _worker_main(connection: multiprocessing.connection.Connection) -> None:
-    """A worker process: dies with the server, leaves its signals to it, runs at a lower CPU
-    priority (the event loop runs first), and answers each image as soon as it is decoded."""
+    """A worker process: dies with the server, leaves its signals to it (the pool stops it
+    with SIGKILL), runs at a lower CPU priority (the event loop runs first), and answers each
+    image as soon as it is decoded."""
     processes.worker_init()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a signal to the process group is the server's
     try:
         os.nice(DECODE_NICENESS)
     except OSError:  # not permitted here: decoding still works, at the same priority
@@ -223,7 +226,11 @@ class DecodePool:
             self._threads = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
             return
         self.context.set_forkserver_preload(
-            ["mnist_serving.common.forkserver_preload", "mnist_serving.server.decode_pool"]
+            [
+                "mnist_serving.common.forkserver_preload",
+                "mnist_serving.server.decode_forkserver",
+                "mnist_serving.server.decode_pool",
+            ]
         )
         for number in range(self.workers):
             worker = _Worker(self, number)

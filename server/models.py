@@ -112,11 +112,14 @@ class ModelStore:
         inline_max_images: int = 0,
         mode: str = "poll",
         requested: tuple[str, ...] = (),
+        device: str = "auto",
     ) -> None:
         self.repository = Path(repository)
         self.mode = mode
         self.requested: set[str] = set(requested)
         self.reasons: dict[str, str] = {}  # why a model of the repository is not served
+        self.device = device
+        self.provider: str | None = None  # where the first model served runs; every other must too
         self.inline_max_images = inline_max_images
         self.providers = providers
         self.batching = batching
@@ -155,7 +158,15 @@ class ModelStore:
             model_repository.check_sidecar(directory, sidecar, model_bytes)
         except model_repository.VersionRefused as exc:
             raise StartupError(str(exc)) from None
-        runner = OnnxRunner(path, self.providers, self.run_threads, model_bytes=model_bytes)
+        runner = OnnxRunner(
+            path, self.providers, self.run_threads, model_bytes=model_bytes, device=self.device
+        )
+        if self.provider is not None and runner.provider != self.provider:
+            raise StartupError(
+                f"{directory}: runs on {runner.provider}, but this server serves on {self.provider}"
+            )
+        if runner.provider == CPU and self.providers != [CPU]:
+            self.providers = [CPU]  # --device auto fell back (logged once): later builds ask for the CPU
         # A GPU run includes copies and may wait on the device: never on the event loop.
         inline = self.inline_max_images if runner.provider == CPU else 0
         batcher = DynamicBatcher(runner.run, self.batching, self.metrics.batch_observer(name), inline)
@@ -236,6 +247,8 @@ class ModelStore:
         """Make ``model`` the served version of its name; returns the version it replaced."""
         model.batcher.start()
         self.reasons.pop(model.name, None)
+        if self.provider is None:
+            self.provider = model.runner.provider
         versions = self.models.setdefault(model.name, {})
         previous = versions.get(self.default.get(model.name, -1))
         versions[model.version] = model

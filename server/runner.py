@@ -39,6 +39,36 @@ def select_providers(device: str, available: list[str] | None = None) -> list[st
     raise StartupError(f"--device: '{device}'; expected auto, cpu or cuda")
 
 
+def cuda_unavailable_reason() -> str:
+    """Why onnxruntime could not start CUDA, in one line: the provider library's own load
+    error (a missing libcudnn, libcublas or driver library), else no usable device."""
+    import ctypes
+
+    capi = Path(ort.__file__).parent / "capi"
+    libraries = sorted(capi.glob("libonnxruntime_providers_cuda.so*"))
+    if not libraries:
+        return "this onnxruntime has no CUDA provider library (install onnxruntime-gpu)"
+    try:
+        ctypes.CDLL(str(libraries[0]))
+    except OSError as exc:
+        return str(exc).strip().splitlines()[0][:300]
+    return "no usable CUDA device (driver missing, no GPU visible, or CUDA_VISIBLE_DEVICES empty)"
+
+
+def check_provider(device: str, requested: list[str], active: list[str], where: object) -> None:
+    """A session runs where ``--device`` asked, or the model is not served: with ``cuda``,
+    CUDA must be active in the session itself (onnxruntime falls back to the CPU with only a
+    log line); with ``auto``, a fallback is a warning."""
+    if CUDA not in requested or CUDA in active:
+        return
+    reason = cuda_unavailable_reason()
+    if device == "cuda":
+        raise StartupError(f"--device cuda: onnxruntime could not start {CUDA} for {where} ({reason})")
+    log.warning(
+        "--device auto: %s is installed but not active (%s); serving %s on the CPU", CUDA, reason, where
+    )
+
+
 BIG_RUN = 64  # runs of this many images or more go to the many-thread session
 
 
@@ -57,6 +87,7 @@ class OnnxRunner:
         providers: list[str],
         threads: int | tuple[int, int] = 0,
         model_bytes: bytes | None = None,
+        device: str = "auto",
     ) -> None:
         """``model_bytes``: the exact bytes whose digest was verified (the path only names them).
 
@@ -67,9 +98,11 @@ class OnnxRunner:
         source = model_bytes if model_bytes is not None else str(path)
         self.path = path
         self.session = self._session(source, providers, small)
-        self.big_session = self.session if big == small else self._session(source, providers, big)
-        self.threads = (small, big)
         self.providers = self.session.get_providers()
+        check_provider(device, providers, self.providers, path)
+        # The second session asks only for what the first one got (CUDA is not tried twice).
+        self.big_session = self.session if big == small else self._session(source, self.providers, big)
+        self.threads = (small, big)
         self._check_contract()
         self._outputs = [OUTPUT_PROBABILITIES.name, OUTPUT_LABEL.name]
 

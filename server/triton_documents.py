@@ -101,12 +101,7 @@ def model_statistics(model: LoadedModel) -> v2.ModelStatistics:
         inference_count=stats.images,
         execution_count=stats.runs,
         inference_stats=v2.InferStatistics(
-            success=_duration(stats.success),
-            fail=_duration(stats.fail),
-            queue=_duration(stats.queue),
-            compute_input=_duration(stats.compute_input),
-            compute_infer=_duration(stats.compute_infer),
-            compute_output=_duration(stats.compute_output),
+            **{name: _duration(duration) for name, duration in stats.counted().items()}
         ),
         batch_stats=[
             v2.InferBatchStatistics(

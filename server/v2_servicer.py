@@ -63,13 +63,16 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
 
     # --- inference ---------------------------------------------------------------------
 
-    async def _infer(self, request: v2.ModelInferRequest) -> v2.ModelInferResponse:
+    async def ModelInfer(
+        self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext | None = None
+    ) -> v2.ModelInferResponse:
         images, raw, requested = codec.v2_request(request, self.max_request_images)
-        timeout = codec.timeout_parameter(request.parameters)
-        call = CURRENT_CALL.get()
-        if timeout is not None and call is not None:  # Triton's per-request `timeout` (µs)
-            deadline = time.monotonic() + timeout
-            call.deadline = deadline if call.deadline is None else min(call.deadline, deadline)
+        if request.parameters:
+            timeout = codec.timeout_parameter(request.parameters)
+            call = CURRENT_CALL.get()
+            if timeout is not None and call is not None:  # Triton's per-request `timeout` (µs)
+                deadline = time.monotonic() + timeout
+                call.deadline = deadline if call.deadline is None else min(call.deadline, deadline)
         result = await self.dataplane.classify(request.model_name, request.model_version, images)
         return codec.v2_response(
             request.id,
@@ -80,11 +83,6 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             result.model.name,
             result.model.version_str,
         )
-
-    async def ModelInfer(
-        self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext
-    ) -> v2.ModelInferResponse:
-        return await self._infer(request)
 
     async def ModelStreamInfer(
         self,
@@ -104,7 +102,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
                 async with self.dataplane.call(API, "ModelStreamInfer", authorization, None, remaining):
                     if isinstance(message, ServingError):
                         raise message  # a message that is not a ModelInferRequest
-                    return v2.ModelStreamInferResponse(infer_response=await self._infer(message))
+                    return v2.ModelStreamInferResponse(infer_response=await self.ModelInfer(message))
             except CallFailed as failed:
                 return v2.ModelStreamInferResponse(
                     error_message=f"{failed.status.name}: {failed.message}",

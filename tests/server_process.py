@@ -30,12 +30,14 @@ class ServerProcess:
         env: dict | None = None,
         log_path: Path | None = None,
         prefix: tuple[str, ...] = (),
+        program: tuple[str, ...] | None = None,
     ) -> None:
-        """``prefix``: a command to run the server under (``prlimit --nofile=...``)."""
+        """``prefix``: a command to run the server under (``prlimit --nofile=...``);
+        ``program``: what to run instead of ``mnist-serve`` (taking its flags)."""
         exe = shutil.which("mnist-serve", path=str(Path(sys.executable).parent)) or "mnist-serve"
         command = [
             *prefix,
-            exe,
+            *(program or (exe,)),
             "--model-repository",
             str(repository),
             "--host",
@@ -82,15 +84,7 @@ class ServerProcess:
 
     def wait_serving(self, timeout: float = STARTUP_TIMEOUT) -> list[str]:
         """Follow health Watch until SERVING; returns the statuses seen on the way."""
-        seen = []
-        with grpc.insecure_channel(self.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            for response in stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=timeout):
-                status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-                seen.append(status)
-                if status == "SERVING":
-                    return seen
-        raise RuntimeError(f"server never became SERVING: {seen}")
+        return wait_serving(self.address, timeout)
 
     def log_text(self) -> str:
         """What the server has logged so far ('' without a log file)."""
@@ -124,3 +118,16 @@ class ServerProcess:
         if self.log is not subprocess.DEVNULL and not self.log.closed:
             self.log.close()
         return code
+
+
+def wait_serving(address: str, timeout: float = STARTUP_TIMEOUT) -> list[str]:
+    """Follow a server's health Watch until SERVING; returns the statuses seen on the way."""
+    seen = []
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for response in stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=timeout):
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+            seen.append(status)
+            if status == "SERVING":
+                return seen
+    raise RuntimeError(f"server never became SERVING: {seen}")

@@ -361,6 +361,39 @@ def test_4_hot_reload_to_version_2_under_load(stack, mnist):
         assert client.classify(mnist.x_test[0]).model_version == "2"
 
 
+def healthy_replicas(count: int) -> list[str] | None:
+    running = replicas()
+    healthy = [c for c in running if inspect(c)["State"].get("Health", {}).get("Status") == "healthy"]
+    return healthy if len(running) == count and len(healthy) == count else None
+
+
+def test_5_a_token_in_the_env_file_is_enforced_through_lb(stack, mnist, tmp_path):
+    """`.env` (here the file MNIST_SERVING_ENV_FILE names) reaches every replica: a token set
+    there is required of every call through the balancer."""
+    env_file = tmp_path / "compose.env"
+    env_file.write_text("MNIST_SERVING_AUTH_TOKEN=compose-secret\n")
+    with_token = {**ENV, "MNIST_SERVING_ENV_FILE": str(env_file)}
+    try:
+        compose("up", "-d", "--scale", "server=3", env=with_token)
+        wait_until(lambda: healthy_replicas(3), 120, "3 healthy replicas with the token")
+        refused = Counter()
+        with Client(f"127.0.0.1:{LB_PORT}", retries=0) as client:
+            for image in mnist.x_test[:30]:  # spread over every replica by lb
+                try:
+                    client.classify(image)
+                    refused["OK"] += 1
+                except ClassifyError as exc:
+                    refused[exc.code] += 1
+        with Client(f"127.0.0.1:{LB_PORT}", token="compose-secret") as client:
+            answered = [client.classify(image).label for image in mnist.x_test[:30]]
+        REPORT["env_file_token"] = {"without_token": dict(refused), "with_token_answered": len(answered)}
+        assert refused == {"UNAUTHENTICATED": 30}, refused
+        assert len(answered) == 30
+    finally:  # the later steps run without a token, as before
+        compose("up", "-d", "--scale", "server=3")
+        wait_until(lambda: healthy_replicas(3), 120, "3 healthy replicas without the token")
+
+
 def test_6_monitoring_profile_scrapes_every_replica(stack):
     compose("--profile", "monitoring", "up", "-d", "prometheus")
     expected = set(replicas())

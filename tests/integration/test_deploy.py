@@ -178,22 +178,75 @@ def test_dockerignore_keeps_data_and_environments_out():
     assert {".venv", "models", "runs", ".git", "*.npz"} <= ignored
 
 
+K8S = ROOT / "deploy" / "k8s"
+
+
+def _k8s(name: str) -> dict:
+    return yaml.safe_load((K8S / name).read_text())
+
+
 def test_kubernetes_manifests_validate():
-    manifests = sorted(
-        str(p) for p in (ROOT / "deploy" / "k8s").glob("*.yaml") if p.name != "kustomization.yaml"
-    )
+    """What `kubectl apply -k deploy/k8s/` applies, validated against Kubernetes' schemas
+    (no cluster is needed, or available, to run them)."""
+    manifests = sorted(str(p) for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
     done = subprocess.run(
         [tool("kubernetes-validate"), "--strict", *manifests], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    kustomization = yaml.safe_load((ROOT / "deploy" / "k8s" / "kustomization.yaml").read_text())
+    kustomization = _k8s("kustomization.yaml")
     assert sorted(kustomization["resources"]) == sorted(Path(m).name for m in manifests)
-    deployment = yaml.safe_load((ROOT / "deploy" / "k8s" / "deployment.yaml").read_text())
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert all(
-        container[p]["grpc"]["port"] == 50051 for p in ("readinessProbe", "livenessProbe", "startupProbe")
-    )
-    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    for manifest in manifests:  # kustomize's parser: no YAML anchors or aliases
+        assert not re.search(r"(:|-) [&*][a-z]", Path(manifest).read_text()), manifest
+
+
+def test_kubernetes_ports_probes_and_images_match_the_code():
+    from mnist_serving.common import __version__
+    from mnist_serving.export.cli import parse_args as export_args
+    from mnist_serving.server.config import ServerConfig, load_config
+    from mnist_serving.train.cli import parse_args as train_args
+
+    pod = _k8s("deployment.yaml")["spec"]["template"]["spec"]
+    (server,) = pod["containers"]
+    ports = {p["name"]: p["containerPort"] for p in server["ports"]}
+    assert ports == {
+        "grpc": ServerConfig.port,
+        "http": ServerConfig.http_port,
+        "metrics": ServerConfig.metrics_port,
+    }
+    assert server["startupProbe"]["grpc"]["port"] == server["livenessProbe"]["grpc"]["port"] == ports["grpc"]
+    assert server["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "metrics"}
+    # Every flag and variable the pod sets is one the server takes.
+    config = load_config(server["args"], environ={e["name"]: e["value"] for e in server["env"]})
+    assert config.grace < pod["terminationGracePeriodSeconds"] and config.max_connection_age > 0
+    # The CPU limit is what the automatic sizes read (a whole CPU: one decode process).
+    assert server["resources"]["limits"]["cpu"] == "1"
+    # Services route to the container's named ports, gRPC, REST and metrics alike.
+    for name in ("service.yaml", "service-headless.yaml"):
+        service = _k8s(name)["spec"]
+        assert service["selector"] == _k8s("deployment.yaml")["spec"]["selector"]["matchLabels"]
+        routed = {p["name"]: (p["port"], p["targetPort"]) for p in service["ports"]}
+        assert routed["grpc"] == (ports["grpc"], "grpc") and routed["http"] == (ports["http"], "http")
+    # Images: the names and tag compose builds (`docker/images.sh` builds compose's services).
+    built = {s["image"].split(":")[0]: s["image"] for s in COMPOSE["services"].values() if "image" in s}
+    job = _k8s("job-publish-model.yaml")["spec"]["template"]["spec"]
+    for container in [*pod["initContainers"], server, *job["initContainers"], *job["containers"]]:
+        name, tag = container["image"].split(":")
+        assert name in built, container["image"]
+        assert tag == __version__ and built[name].endswith(f":${{MNIST_SERVING_IMAGE_TAG:-{__version__}}}")
+    # The Job runs the same commands as compose's train and export services.
+    steps = {c["name"]: c["command"] for c in [*job["initContainers"], *job["containers"]]}
+    assert steps == {
+        "train": COMPOSE["services"]["train"]["command"],
+        "export": COMPOSE["services"]["export"]["command"],
+    }
+    train_args(steps["train"][1:])
+    export_args(steps["export"][1:])
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for v in [*pod["volumes"], *job["volumes"]]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims == {_k8s("pvc.yaml")["metadata"]["name"]}
 
 
 # --- HAProxy, for real ------------------------------------------------------------------

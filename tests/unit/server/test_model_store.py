@@ -178,3 +178,15 @@ def test_a_version_that_takes_too_long_to_build_is_refused_and_the_old_one_serve
 
     serving, pending, failed = asyncio.run(go())
     assert serving == 1 and pending == [] and failed == 1  # refused, counted, not retried
+
+
+def test_a_version_that_lands_on_another_provider_is_refused(tiny_repository):
+    """A reload is refused like any failed build when its session runs elsewhere than the
+    version being served (a GPU server whose new session fell back to the CPU)."""
+    store = store_for(tiny_repository)
+    store.provider = "CUDAExecutionProvider"  # what the served version runs on
+    assert store.try_build("mnist", 1) is None
+    assert (
+        "runs on CPUExecutionProvider, but this server serves on CUDAExecutionProvider"
+        in store.reasons["mnist"]
+    )

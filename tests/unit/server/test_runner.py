@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from mnist_serving.server.runner import BIG_RUN, CPU, OnnxRunner
+from mnist_serving.server import runner as runner_module
+from mnist_serving.server.errors import StartupError
+from mnist_serving.server.runner import BIG_RUN, CPU, CUDA, OnnxRunner
 from tests.unit.conftest import digit, tiny_model_bytes
 
 
@@ -34,3 +38,29 @@ def test_big_runs_go_to_the_many_thread_session_and_answer_the_same():
 def test_one_thread_count_makes_one_session():
     runner = OnnxRunner(Path("tiny.onnx"), [CPU], 1, model_bytes=tiny_model_bytes())
     assert runner.big_session is runner.session
+
+
+def test_device_cuda_is_refused_when_the_session_itself_runs_on_the_cpu():
+    """onnxruntime answers a CUDA request it cannot meet with a CPU session and a log line;
+    the runner reads the session's own providers and refuses, naming why CUDA did not start."""
+    with pytest.raises(
+        StartupError, match=r"--device cuda: onnxruntime could not start CUDAExecutionProvider .*\(.+\)"
+    ):
+        OnnxRunner(Path("tiny.onnx"), [CUDA, CPU], 1, model_bytes=tiny_model_bytes(), device="cuda")
+
+
+def test_device_auto_falls_back_to_the_cpu_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="mnist_serving.server.runner"):
+        runner = OnnxRunner(Path("tiny.onnx"), [CUDA, CPU], 1, model_bytes=tiny_model_bytes(), device="auto")
+    assert runner.provider == CPU
+    assert "--device auto: CUDAExecutionProvider is installed but not active" in caplog.text
+
+
+def test_the_reason_names_the_missing_library(monkeypatch, tmp_path):
+    capi = tmp_path / "onnxruntime" / "capi"
+    capi.mkdir(parents=True)
+    (capi / "libonnxruntime_providers_cuda.so").write_bytes(b"not a library")
+    monkeypatch.setattr(runner_module.ort, "__file__", str(tmp_path / "onnxruntime" / "__init__.py"))
+    assert "libonnxruntime_providers_cuda.so" in runner_module.cuda_unavailable_reason()
+    (capi / "libonnxruntime_providers_cuda.so").unlink()
+    assert "install onnxruntime-gpu" in runner_module.cuda_unavailable_reason()
