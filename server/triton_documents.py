@@ -22,7 +22,7 @@ from mnist_serving.server.runner import CUDA
 
 PLATFORM = "onnxruntime_onnx"
 # Triton's extension names, as ServerMetadata lists them (docs/operations.md says what each is).
-EXTENSIONS = ("model_repository", "model_configuration", "statistics", "schedule_policy", "parameters")
+EXTENSIONS = ("model_repository", "model_configuration", "statistics")
 SHARED_MEMORY = (
     "shared memory is not offered: send tensors in raw_input_contents "
     "(one packed bytes field per input; 65,536 images are 49 MiB)"

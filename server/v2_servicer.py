@@ -99,7 +99,8 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             request_id = "" if isinstance(message, ServingError) else message.id
             remaining = context.time_remaining()
             try:
-                async with self.dataplane.call(API, "ModelStreamInfer", authorization, None, remaining):
+                # The request's own id names it in logs and traces, as x-request-id would.
+                async with self.dataplane.call(API, "ModelStreamInfer", authorization, request_id, remaining):
                     if isinstance(message, ServingError):
                         raise message  # a message that is not a ModelInferRequest
                     return v2.ModelStreamInferResponse(infer_response=await self.ModelInfer(message))
