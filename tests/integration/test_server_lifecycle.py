@@ -3,11 +3,13 @@
 import asyncio
 import json
 import queue
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -257,3 +259,13 @@ def test_an_http_port_in_use_is_one_line_and_exit_2(model_repository):
     assert "Traceback" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("mnist-serve:")]
     assert lines == [f"mnist-serve: --http-port {port}: cannot listen on 127.0.0.1 (Address already in use)"]
+
+
+def test_the_start_up_lines_are_the_ones_operations_md_lists(start_server):
+    """docs/operations.md names the machine-readable stdout lines in the order they come."""
+    server = start_server()
+    printed = [re.sub(r" on .*", "", line.strip()) for line in server.stdout if line.startswith("serving ")]
+    assert printed == ["serving metrics", "serving HTTP", "serving gRPC"]
+    doc = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    documented = re.findall(r"`(serving (?:metrics|HTTP|gRPC)) on HOST:PORT`", re.sub(r"\s+", " ", doc))
+    assert documented == printed
