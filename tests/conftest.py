@@ -7,11 +7,21 @@ import hashlib
 import importlib.metadata
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
 
 from mnist_serving.common.mnist_data import Mnist, load_mnist
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run started in the background by a non-interactive shell (`cmd &`, as supervisors and
+    CI wrappers do) inherits SIGINT ignored, and so would every process it starts; the tests
+    that interrupt a call or a job need Ctrl-C to be delivered."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 # Tests keep every artefact under pytest's temporary directories, and share the data cache.
 os.environ.setdefault("MNIST_SERVING_CACHE", str(Path.home() / ".cache" / "mnist-serving"))
