@@ -5,7 +5,6 @@ Admission, errors, metrics and request ids are the data plane's call, via the in
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -18,6 +17,7 @@ from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
 from mnist_serving.server import codec
 from mnist_serving.server.calls import status_of
 from mnist_serving.server.dataplane import Classified, DataPlane
+from mnist_serving.server.ordered_stream import answer_in_order
 
 STREAM_WINDOW = 4  # stream messages in flight at once; bounds memory and gives back-pressure
 
@@ -83,29 +83,6 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
     async def ClassifyStream(
         self, request_iterator: AsyncIterator[pb.ClassifyBatchRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ClassifyBatchResponse]:
-        """Answers in order as soon as each is ready, with at most STREAM_WINDOW messages in work.
-
-        Reading and answering run concurrently, so a caller that waits for each answer before
-        sending the next message (ping-pong) is served, and one that sends ahead is held back
-        by the bounded window (and gRPC flow control) rather than buffered without limit.
-        """
-        window: asyncio.Queue[asyncio.Future | None] = asyncio.Queue(maxsize=STREAM_WINDOW)
-
-        async def read_requests() -> None:
-            try:
-                async for request in request_iterator:
-                    await window.put(asyncio.ensure_future(self._batch(request)))
-            finally:
-                await window.put(None)
-
-        reader = asyncio.ensure_future(read_requests())
-        try:
-            while (task := await window.get()) is not None:
-                yield await task
-            await reader  # surfaces a failure while reading the request stream
-        finally:
-            reader.cancel()
-            while not window.empty():
-                task = window.get_nowait()
-                if task is not None:
-                    task.cancel()
+        """Answers in order as soon as each is ready, with at most STREAM_WINDOW messages in work."""
+        async for response in answer_in_order(request_iterator, self._batch, STREAM_WINDOW):
+            yield response

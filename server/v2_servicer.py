@@ -6,7 +6,6 @@ message on its own, in order, and one message's error leaves the stream open.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -19,6 +18,7 @@ from mnist_serving.server import codec
 from mnist_serving.server.calls import CURRENT_CALL, CallFailed, header
 from mnist_serving.server.dataplane import DataPlane
 from mnist_serving.server.errors import InvalidInput, ServingError, Unimplemented
+from mnist_serving.server.ordered_stream import answer_in_order
 from mnist_serving.server.triton_documents import EXTENSIONS, SHARED_MEMORY
 
 API = "inference"
@@ -93,7 +93,6 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         answer carries its id, in the order sent. The token was checked when the stream opened
         (``DataPlaneInterceptor``)."""
         authorization = header(context.invocation_metadata(), "authorization")
-        window: asyncio.Queue[asyncio.Future | None] = asyncio.Queue(maxsize=STREAM_WINDOW)
 
         async def answer(message: v2.ModelInferRequest | ServingError) -> v2.ModelStreamInferResponse:
             request_id = "" if isinstance(message, ServingError) else message.id
@@ -110,24 +109,8 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
                     infer_response=v2.ModelInferResponse(id=request_id),
                 )
 
-        async def read_requests() -> None:
-            try:
-                async for message in request_iterator:
-                    await window.put(asyncio.ensure_future(answer(message)))
-            finally:
-                await window.put(None)
-
-        reader = asyncio.ensure_future(read_requests())
-        try:
-            while (task := await window.get()) is not None:
-                yield await task
-            await reader  # surfaces a failure while reading the request stream
-        finally:
-            reader.cancel()
-            while not window.empty():
-                task = window.get_nowait()
-                if task is not None:
-                    task.cancel()
+        async for response in answer_in_order(request_iterator, answer, STREAM_WINDOW):
+            yield response
 
     # --- Triton's extensions ------------------------------------------------------------
 
