@@ -2,9 +2,10 @@
 
 One implementation: ``AsyncClient`` holds every call, retry, deadline and window, and
 ``Client`` drives a private ``AsyncClient`` on its own thread, so the two cannot drift.
-Calls retry UNAVAILABLE and RESOURCE_EXHAUSTED (a replica going away, an overloaded one)
-with exponential backoff and jitter, within the call's deadline; any other status raises
-``ClassifyError`` at once.
+Calls retry UNAVAILABLE and RESOURCE_EXHAUSTED (a replica going away, an overloaded one) and
+UNKNOWN (a call cut off in transport, such as a proxy's reset when a replica dies: the server
+itself never answers UNKNOWN, and every call is safe to repeat), with exponential backoff and
+jitter, within the call's deadline; any other status raises ``ClassifyError`` at once.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
 __all__ = ["DEFAULT_SERVER", "AsyncClient", "Client", "ClientOptions"]
 
 T = TypeVar("T")
-RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNKNOWN)
 
 
 def _prediction(response: pb.ClassifyResponse) -> Prediction:

@@ -20,7 +20,7 @@ class ClientOptions:
 
     server: str = ""
     timeout: float | None = 30.0  # each call's deadline in seconds, retries included; None: none
-    retries: int = 3  # extra attempts after UNAVAILABLE or RESOURCE_EXHAUSTED
+    retries: int = 3  # extra attempts after UNAVAILABLE, RESOURCE_EXHAUSTED or UNKNOWN
     backoff: float = 0.1  # first retry delay, doubled each time (with jitter)
     tls: bool = False
     root_certificates: Path | None = None

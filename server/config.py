@@ -149,7 +149,8 @@ class ServerConfig:
     max_connection_age: float = setting(
         60.0,
         "Seconds after which a client's gRPC connection is asked to reconnect (GOAWAY, with "
-        "gRPC's jitter of a tenth), so clients re-resolve and new replicas get calls; 0: never.",
+        "gRPC's jitter of a tenth), so clients re-resolve and new replicas get calls; 0: never "
+        "(behind a proxy that balances every call, as compose's lb does).",
     )
     max_connection_age_grace: float = setting(
         300.0,

@@ -11,7 +11,8 @@ Inputs are streamed in command-line order; rows are written in that order as the
 Image files are decoded here, in --decode-workers processes, with the server's own
 preprocessing (--server-decode sends them encoded instead). A file that cannot be read or
 decoded, or an image the server rejects, becomes a row with an `error`; the job goes on.
-UNAVAILABLE and RESOURCE_EXHAUSTED are retried with backoff (--retries).
+UNAVAILABLE, RESOURCE_EXHAUSTED and UNKNOWN (a call cut off in transport) are retried with
+backoff (--retries).
 
 Exit codes: 0 every image classified; 3 some could not be (see the error rows);
 1 the server or transport failed and the job stopped; 2 bad usage or unreadable input;
@@ -65,7 +66,10 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--timeout", type=float, default=60.0, help="deadline per call, seconds")
     group.add_argument(
-        "--retries", type=int, default=3, help="retries on UNAVAILABLE and RESOURCE_EXHAUSTED, with backoff"
+        "--retries",
+        type=int,
+        default=3,
+        help="retries on UNAVAILABLE, RESOURCE_EXHAUSTED and UNKNOWN, with backoff",
     )
     group.add_argument("--tls", action="store_true", help="use TLS (system roots unless --ca)")
     group.add_argument("--ca", type=Path, help="CA certificate (PEM) to verify the server")

@@ -134,6 +134,15 @@ def test_retries_follow_the_call_then_the_client(scripted):
         assert servicer.calls == 4 and client.retries_made == 2
 
 
+def test_a_call_cut_off_in_transport_is_retried(scripted):
+    """UNKNOWN is what a proxy's reset looks like when the replica behind it dies mid-call; the
+    server never answers it itself, and a classification is safe to repeat."""
+    address, servicer = scripted("UNKNOWN")
+    with Client(address, retries=2, backoff=0.01) as client:
+        assert client.classify(np.zeros((28, 28), np.uint8)).label == 3
+    assert servicer.calls == 2 and client.retries_made == 1
+
+
 def test_other_statuses_are_not_retried(scripted):
     address, servicer = scripted("INVALID_ARGUMENT")
     with Client(address, retries=5, backoff=0.01) as client, pytest.raises(ClassifyError) as info:
