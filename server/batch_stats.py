@@ -67,8 +67,6 @@ class BatchStats:
     (``runs_by_size``): each batch size's runs with their input, run and output times."""
 
     runs_by_size: dict[int, SizeStats] = field(default_factory=dict)
-    queue_waits: int = 0  # requests that reached a run
-    queue_seconds: float = 0.0
     dropped_expired: int = 0
     dropped_cancelled: int = 0
     refused_overload: int = 0
@@ -89,17 +87,13 @@ class BatchStats:
     def images(self) -> int:
         return sum(size * entry.compute_infer.count for size, entry in self.runs_by_size.items())
 
-    def record(
-        self, timing: RunTiming, waits: list[float], input_s: float = 0.0, output_s: float = 0.0
-    ) -> None:
+    def record(self, timing: RunTiming, input_s: float = 0.0, output_s: float = 0.0) -> None:
         entry = self.runs_by_size.get(timing.images)
         if entry is None:
             entry = self.runs_by_size[timing.images] = SizeStats()
         entry.compute_input.add(input_s)
         entry.compute_infer.add(timing.seconds)
         entry.compute_output.add(output_s)
-        self.queue_waits += len(waits)
-        self.queue_seconds += sum(waits)
         self.last_run_ns = timing.ended_ns
 
     def request(self, ok: bool, times: RequestTimes, now: float) -> None:

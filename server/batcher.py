@@ -172,7 +172,7 @@ class DynamicBatcher:
     def _ran(self, batch: list[Chunk], timing: RunTiming, input_s: float, output_s: float) -> None:
         """A run's statistics, metrics and trace times."""
         waits = [timing.started - c.request.enqueued for c in batch if c.index == 0]
-        self.stats.record(timing, waits, input_s, output_s)
+        self.stats.record(timing, input_s, output_s)
         for chunk in batch:
             times = chunk.request.times
             if times is not None:

@@ -22,7 +22,7 @@ TRACE_HEADERS = ("traceparent", "tracestate")
 APIS = {"mnist.v1.Classifier": "mnist.v1", "inference.GRPCInferenceService": "inference"}
 # Streams whose every message is a call of its own (the servicer opens it): the token is
 # checked when the stream opens, and a message that cannot be parsed is that message's error.
-PER_MESSAGE = {"/inference.GRPCInferenceService/ModelStreamInfer"}
+PER_MESSAGE = {("inference", "ModelStreamInfer")}  # (API label, method)
 
 
 def grpc_code(status: Status) -> grpc.StatusCode:
@@ -62,7 +62,7 @@ class DataPlaneInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, api: str, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         # No request_deserializer: the bytes are parsed inside the call, once the token holds.
         serializer = handler.response_serializer
-        if f"/{_service(api)}/{method}" in PER_MESSAGE:
+        if (api, method) in PER_MESSAGE:
             behavior = self._per_message(api, method, handler.stream_stream, handler.request_deserializer)
             return grpc.stream_stream_rpc_method_handler(behavior, response_serializer=serializer)
         if handler.unary_unary:
@@ -120,10 +120,6 @@ class DataPlaneInterceptor(grpc.aio.ServerInterceptor):
                 yield response
 
         return wrapped
-
-
-def _service(api: str) -> str:
-    return next(service for service, name in APIS.items() if name == api)
 
 
 async def _parsed_or_error(parse: Callable[[bytes], object], messages: AsyncIterator[bytes]) -> AsyncIterator:

@@ -103,10 +103,11 @@ class ModelControl:
                 "parameters",
             )
         async with self._lock:
-            if name not in self.store.names():
+            names = self.store.names()
+            if name not in names:
                 raise ModelNotFound(
                     f"model_name: '{name[:100]}' is not in the model repository "
-                    f"(models there: {', '.join(self.store.names()) or 'none'})"
+                    f"(models there: {', '.join(names) or 'none'})"
                 )
             version = self.store.wanted_version(name)
             if version is None:

@@ -324,6 +324,9 @@ class ModelStore:
         """Start-up: build every wanted model (in the caller's thread); 'mnist' is required.
         The repository was checked before the port opened (``check_repository``)."""
         wanted = self.wanted()
+        for name in self.names():  # explicit mode: what the repository holds and no one asked for
+            if name not in wanted:
+                self.reasons.setdefault(name, "never loaded")
         built = []
         for name, version in wanted.items():
             required = name in self.requested if self.mode == "explicit" else name == MODEL_NAME
@@ -343,10 +346,6 @@ class ModelStore:
 
     # --- lookup ------------------------------------------------------------------------
 
-    def has_default(self) -> bool:
-        """The required model ('mnist') is loaded."""
-        return MODEL_NAME in self.default
-
     def ready(self) -> bool:
         """Ready for calls: 'mnist' is loaded, or in explicit mode any model is."""
         return bool(self.default) if self.mode == "explicit" else MODEL_NAME in self.default
@@ -358,8 +357,8 @@ class ModelStore:
         """The loaded model for a name and version ('' = the served default); ModelNotFound else."""
         versions = self.models.get(name)
         if versions is None:
-            if self.mode == "explicit" and name in self.reasons or name in self.names():
-                reason = self.reasons.get(name, "not loaded")
+            reason = self.reasons.get(name)  # a model of the repository: no I/O on a miss
+            if reason is not None:
                 raise ModelNotFound(
                     f"model_name: '{name[:100]}' is not loaded ({reason[:300]}); "
                     f"loaded: {sorted(self.models)}"

@@ -12,7 +12,7 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from mnist_serving.common.contract import INPUT, MODEL_FILENAME, OUTPUTS, TensorSpec
+from mnist_serving.common.contract import INPUT, MODEL_FILENAME, MODEL_NAME, OUTPUTS, TensorSpec
 from mnist_serving.common.preprocess_contract import PREPROCESSING_VERSION
 from mnist_serving.protos.gen.inference import grpc_service_pb2 as v2
 from mnist_serving.protos.gen.inference import model_config_pb2 as mc
@@ -42,7 +42,7 @@ def model_config(model: LoadedModel, store: ModelStore, max_request_images: int)
     """The version's configuration in Triton's terms (``max_batch_size`` is the most images
     one request may carry; the preferred batch is one onnxruntime run)."""
     batching = store.batching
-    if model.name == "mnist" and store.pinned_version is not None:
+    if model.name == MODEL_NAME and store.pinned_version is not None:
         policy = mc.ModelVersionPolicy(specific=mc.ModelVersionPolicy.Specific(versions=[model.version]))
     else:
         policy = mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1))

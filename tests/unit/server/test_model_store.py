@@ -33,7 +33,7 @@ def test_loads_serves_and_counts(tiny_repository):
 
     probabilities, labels = asyncio.run(go())
     assert labels.tolist() == [3, 7] and probabilities[0, 3] == 1
-    assert store.has_default() and store.versions("mnist") == [1]
+    assert store.ready() and store.versions("mnist") == [1]
     loaded = {"model": "mnist", "version": "1", "result": "ok"}
     assert metrics.registry.get_sample_value("mnist_serving_model_loads_total", loaded) == 1
     labels = {"model": "mnist", "version": "1"}  # read from the batcher's statistics record
