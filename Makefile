@@ -47,18 +47,22 @@ serve: $(VENV)/.installed-run
 # Tests: lint, then the whole suite (real training on small settings, real servers on loopback).
 # The suites start subprocesses (fork, then exec) while their clients' calls are in flight:
 # gRPC's fork handlers are for children that go on using gRPC, and can abort the parent there.
+# Bytecode caches are written even where the environment turns them off (container images
+# often do): each of the suite's hundreds of servers and CLI runs would compile the package anew.
+TEST_ENV := env -u PYTHONDONTWRITEBYTECODE GRPC_ENABLE_FORK_SUPPORT=false
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	GRPC_ENABLE_FORK_SUPPORT=false $(BIN)/python -m pytest -q
+	$(TEST_ENV) $(BIN)/python -m pytest -q
 
 # The inner loop: everything but the tests marked slow (real training, Ray clusters, long
-# soaks, compose), on parallel workers (most tests wait on real servers), with the fixture
-# model kept between runs (built anew when the training or export code changes).
+# soaks, compose), on parallel workers (most tests wait on real servers; idle workers take
+# queued tests from busy ones), with the fixture model kept between runs (built anew when
+# the training or export code changes).
 FIXTURE_CACHE ?= $(HOME)/.cache/mnist-serving/test-fixtures
 test-fast: $(VENV)/.installed-dev
-	MNIST_SERVING_FIXTURE_CACHE=$(FIXTURE_CACHE) GRPC_ENABLE_FORK_SUPPORT=false \
-		$(BIN)/python -m pytest -q -n 4 -m 'not slow and not compose'
+	MNIST_SERVING_FIXTURE_CACHE=$(FIXTURE_CACHE) $(TEST_ENV) \
+		$(BIN)/python -m pytest -q -n 4 --dist worksteal -m 'not slow and not compose'
 
 # Every image docker-compose.yml uses; offline stand-in bases when Docker Hub is unreachable.
 images:

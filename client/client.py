@@ -4,8 +4,8 @@ One implementation: ``AsyncClient`` holds every call, retry, deadline and window
 ``Client`` drives a private ``AsyncClient`` on its own thread, so the two cannot drift.
 Calls retry UNAVAILABLE and RESOURCE_EXHAUSTED (a replica going away, an overloaded one) and
 UNKNOWN (a call cut off in transport, such as a proxy's reset when a replica dies: the server
-itself never answers UNKNOWN, and every call is safe to repeat), with exponential backoff and
-jitter, within the call's deadline; any other status raises ``ClassifyError`` at once.
+itself never answers UNKNOWN, and every call is safe to repeat), with exponential backoff (at most 2 s)
+and jitter, within the call's deadline; any other status raises ``ClassifyError`` at once.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mnist_serving.client.inputs import ImageLike, batch_requests, to_image
-from mnist_serving.client.options import DEFAULT_SERVER, ClientOptions
+from mnist_serving.client.options import DEFAULT_SERVER, MAX_BACKOFF, ClientOptions
 from mnist_serving.client.results import BatchResult, ClassifyError, Prediction
 from mnist_serving.common.contract import IMAGE_PIXELS, IMAGE_SHAPE, MODEL_NAME, NUM_CLASSES
 from mnist_serving.protos.gen.inference import grpc_service_pb2 as v2
@@ -113,7 +113,7 @@ class AsyncClient:
                 return await method(request, timeout=remaining, metadata=self.options.metadata())
             except grpc.RpcError as exc:
                 code = exc.code()
-                delay = self.options.backoff * (2**attempt) * (0.5 + random.random())
+                delay = min(self.options.backoff * 2**attempt, MAX_BACKOFF) * (0.5 + random.random())
                 out_of_time = deadline is not None and time.monotonic() + delay >= deadline
                 if code not in RETRIED or attempt >= retries or out_of_time:
                     raise ClassifyError(code.name, exc.details() or "") from None

@@ -12,6 +12,7 @@ DEFAULT_SERVER = "localhost:50051"
 MAX_MESSAGE = 256 * 1024 * 1024
 RECONNECT_BACKOFF_MS = 100
 MAX_RECONNECT_BACKOFF_MS = 2000
+MAX_BACKOFF = 2.0  # seconds: a retry after a long outage comes within this of the server's return
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class ClientOptions:
     server: str = ""
     timeout: float | None = 30.0  # each call's deadline in seconds, retries included; None: none
     retries: int = 3  # extra attempts after UNAVAILABLE, RESOURCE_EXHAUSTED or UNKNOWN
-    backoff: float = 0.1  # first retry delay, doubled each time (with jitter)
+    backoff: float = 0.1  # first retry delay, doubled each time up to MAX_BACKOFF (with jitter)
     tls: bool = False
     root_certificates: Path | None = None
     client_certificate: Path | None = None

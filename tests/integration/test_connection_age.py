@@ -21,8 +21,21 @@ PROCESS_PREFIX = 16
 
 
 def answered_by(stub: pb_grpc.ClassifierStub) -> str:
+    """The process that answered one call. A connection that lands on the second replica while
+    it still loads its model is answered UNAVAILABLE ("retry shortly"; its port opens first,
+    and a health check on the shared port may have been answered by the first replica): the
+    call is repeated then, as the client library does."""
     request = pb.ClassifyRequest(image=pb.Image(raw=np.zeros(784, np.uint8).tobytes()))
-    _, call = stub.Classify.with_call(request, timeout=10)
+    for _ in range(100):
+        try:
+            _, call = stub.Classify.with_call(request, timeout=10)
+            break
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            time.sleep(0.1)  # a client's backoff
+    else:
+        raise AssertionError("UNAVAILABLE for 10 s")
     request_id = dict(call.trailing_metadata())["x-request-id"]
     return request_id[:PROCESS_PREFIX]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import _thread
 import asyncio
 import inspect
+import math
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from mnist_serving.client import AsyncClient, ClassifyError, Client
+from mnist_serving.client.options import MAX_BACKOFF
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
 
@@ -155,6 +157,25 @@ def test_retries_stop_at_the_deadline(scripted):
     with Client(address, retries=1000, backoff=0.05) as client, pytest.raises(ClassifyError):
         client.classify(np.zeros((28, 28), np.uint8), timeout=1.0)
     assert 1 < servicer.calls < 200  # retried, then stopped by the deadline, not by the count
+
+
+def test_backoff_doubles_up_to_its_cap(scripted, monkeypatch):
+    """After a long outage the next try comes within the cap of the server's return, not a
+    doubled delay later."""
+    address, servicer = scripted(*["UNAVAILABLE"] * 8)
+    delays: list[float] = []
+
+    async def no_wait(delay: float) -> None:
+        delays.append(delay)
+
+    async def run():
+        async with AsyncClient(address, retries=8, backoff=0.5) as client:
+            monkeypatch.setattr(asyncio, "sleep", no_wait)
+            return await client.classify(np.zeros((28, 28), np.uint8), timeout=math.inf)
+
+    assert asyncio.run(run()).label == 3 and servicer.calls == 9
+    assert len(delays) == 8 and 0.25 <= delays[0] <= 0.75
+    assert all(MAX_BACKOFF / 2 <= d <= MAX_BACKOFF * 1.5 for d in delays[3:]), delays
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
