@@ -3,8 +3,9 @@
     python bench/ab.py --baseline df4c134 [--rounds 5] [--seconds 5] [--docs docs/benchmarks.md]
 
 Both servers run at once with the same flags and the same published model; each round
-measures A then B on every scenario, and each ratio (B / A) is taken within its round, so
-the machine's drift between rounds cancels out; the report reads the median round.
+measures A and B back to back on every scenario (A first in odd rounds, B first in even
+ones), and each ratio (B / A) is taken within its round, so the machine's drift between
+rounds cancels out; the report reads the median round.
 The baseline's source is unpacked from git and imported ahead of this checkout's.
 
 Scenarios: single images at 64 in flight (h2load, 16 connections x 4 streams, v2 ModelInfer),
@@ -128,18 +129,22 @@ def main() -> int:
             s.start(work / f"{s.port}.log")
         for number in range(1, args.rounds + 1):
             row = {}
-            for s in (a, b):
-                key = "A" if s is a else "B"
-                if "single" in only:
+            # A and B back to back on each scenario, the first of the two alternating by round
+            # (ABBA): the drift within a round and any advantage of going first cancel out.
+            pair = (a, b) if number % 2 else (b, a)
+            if "single" in only:
+                for s in pair:
                     h2 = h2load_run.run(s.port, single, args.seconds, 16, 4, work / "h2.log")
-                    row[f"{key} single c=64"] = h2["requests_per_s"]
-                if "batch" in only:
+                    row[f"{'A' if s is a else 'B'} single c=64"] = h2["requests_per_s"]
+            if "batch" in only:
+                for s in pair:
                     batch = run_v2(f"127.0.0.1:{s.port}", 4, 256, args.seconds, data)
                     if batch.get("wrong", 0) or batch.get("errors", 0) or "error" in batch:
                         raise SystemExit(f"{s.name}: batches of 256 had errors or wrong answers: {batch}")
-                    row[f"{key} batch256 c=4"] = batch["images_per_s"]
-                if "rest" in only:
-                    row[f"{key} REST 64/call"] = rest_rate(s.http_port, rest, args.seconds)
+                    row[f"{'A' if s is a else 'B'} batch256 c=4"] = batch["images_per_s"]
+            if "rest" in only:
+                for s in pair:
+                    row[f"{'A' if s is a else 'B'} REST 64/call"] = rest_rate(s.http_port, rest, args.seconds)
             print(f"round {number}: {json.dumps(row)}", flush=True)
             rounds.append(row)
     finally:
