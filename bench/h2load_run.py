@@ -37,9 +37,9 @@ def h2load(
     headers: tuple[str, ...],
     extra: tuple[str, ...] = (),
 ) -> tuple[float, list[int] | None]:
-    """POST ``body`` for ``seconds`` after a warm-up of as long, within
-    0.5 to 1 s (time for every connection to open): (requests/s, the
-    counts of 2xx, 3xx, 4xx and 5xx answers, or None when h2load printed none)."""
+    """POST ``body`` for ``seconds`` after a warm-up as long, kept within 0.5 to 1 s (time for
+    every connection to open): (requests/s, the counts of 2xx, 3xx, 4xx and 5xx answers, or
+    None when h2load printed none)."""
     command = [
         shutil.which("h2load") or "h2load",
         *extra,

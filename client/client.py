@@ -4,8 +4,9 @@ One implementation: ``AsyncClient`` holds every call, retry, deadline and window
 ``Client`` drives a private ``AsyncClient`` on its own thread, so the two cannot drift.
 Calls retry UNAVAILABLE and RESOURCE_EXHAUSTED (a replica going away, an overloaded one) and
 UNKNOWN (a call cut off in transport, such as a proxy's reset when a replica dies: the server
-itself never answers UNKNOWN, and every call is safe to repeat), with exponential backoff (at most 2 s)
-and jitter, within the call's deadline; any other status raises ``ClassifyError`` at once.
+itself never answers UNKNOWN, and every call is safe to repeat), with exponential backoff (at
+most 2 s) and jitter, within the call's deadline; any other status raises ``ClassifyError``
+at once.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ DEFAULT_SERVER = "localhost:50051"
 MAX_MESSAGE = 256 * 1024 * 1024
 RECONNECT_BACKOFF_MS = 100
 MAX_RECONNECT_BACKOFF_MS = 2000
-MAX_BACKOFF = 2.0  # seconds: a retry after a long outage comes within this of the server's return
+MAX_BACKOFF = 2.0  # seconds, before jitter: after a long outage, retries keep coming this often
 
 
 @dataclass(frozen=True)
