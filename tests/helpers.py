@@ -1,12 +1,18 @@
-"""What many tests need: free loopback ports and images encoded as people save them."""
+"""What many tests need: free loopback ports, images encoded as people save them, and a
+wait on another process's state."""
 
 from __future__ import annotations
 
 import io
 import socket
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -50,3 +56,15 @@ def scan(value: int, side: int = 400) -> bytes:
     stroke = Image.new("L", (side // 8, side // 2), 20 + value)
     page.paste(stroke, (side // 3 + value, side // 4))
     return encode(page, "JPEG", quality=85)
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.5) -> T:
+    """Poll ``predicate`` until it returns something true (returned), or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)  # polling another process or system, not synchronising our own code

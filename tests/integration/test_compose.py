@@ -27,7 +27,7 @@ import pytest
 
 from mnist_serving.client import AsyncClient, ClassifyError, Client
 from mnist_serving.common.contract import MODEL_NAME
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until
 
 pytestmark = [pytest.mark.compose, pytest.mark.slow]
 
@@ -205,17 +205,6 @@ class Callers:
                 "failed": dict(self.failed),
                 "retries": self.retried,
             }
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)  # polling an external system, not synchronising with our own code
 
 
 @pytest.fixture(scope="module")

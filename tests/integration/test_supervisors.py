@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_serving.client import ClassifyError, Client
+from tests.helpers import wait_until
 from tests.process_tree import descendants
 from tests.server_process import wait_serving
 
@@ -50,22 +51,20 @@ def held_call(server) -> threading.Thread:  # noqa: ANN001
     thread = threading.Thread(target=call)
     thread.answers = answers
     thread.start()
-    wait_for(lambda: server.metric("mnist_serving_inflight_requests") >= 1, "the call to be in flight")
+    wait_until(
+        lambda: server.metric("mnist_serving_inflight_requests") >= 1,
+        60,
+        "the call to be in flight",
+        interval=0.02,
+    )
     return thread
-
-
-def wait_for(predicate, what: str, timeout: float = 60) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not predicate():  # polling another process's state, not synchronising our own code
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def test_the_same_signal_twice_within_a_second_does_not_cut_the_drain(start_server):
     server = start_server("--max-batch-delay", "3000000")  # a call waits 3 s for company
     call = held_call(server)
     server.process.send_signal(signal.SIGTERM)
-    wait_for(lambda: "SIGTERM: draining" in server.log_text(), "the drain to begin")
+    wait_until(lambda: "SIGTERM: draining" in server.log_text(), 60, "the drain to begin", interval=0.02)
     server.process.send_signal(signal.SIGTERM)  # the group's copy, a moment later
     call.join(60)
     assert len(call.answers) == 1 and isinstance(call.answers[0], int)  # answered, not cut off
@@ -80,7 +79,7 @@ def test_a_second_ctrl_c_after_a_second_still_exits_at_once(start_server):
     server = start_server("--max-batch-delay", "30000000")  # a drain that would take 30 s
     call = held_call(server)
     server.process.send_signal(signal.SIGINT)
-    wait_for(lambda: "SIGINT: draining" in server.log_text(), "the drain to begin")
+    wait_until(lambda: "SIGINT: draining" in server.log_text(), 60, "the drain to begin", interval=0.02)
     time.sleep(1.2)  # what is tested: a signal more than a second after the first is a second one
     started = time.monotonic()
     server.process.send_signal(signal.SIGINT)
