@@ -52,6 +52,7 @@ from mnist_serving.client.results import ClassifyError
 from mnist_serving.common.contract import MODEL_NAME, metadata_document
 from mnist_serving.common.idx import IdxError, read_idx
 from mnist_serving.common.preprocess import PREPROCESSING_VERSION
+from mnist_serving.common.processes import workers_skip_the_main_script
 
 if TYPE_CHECKING:
     from mnist_serving.client.batch.ray_engine import RayEngine
@@ -388,6 +389,7 @@ def run_info(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    workers_skip_the_main_script("mnist_serving.client.batch")
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"health": run_health, "info": run_info}
     # The subcommand may follow connection options (`--server X health`), unless a file has its name.

@@ -137,14 +137,18 @@ def test_taskset_one_cpu_starts_the_processes_of_one_decode_worker(start_server)
         assert len(descendants(automatic.process.pid)) > len(descendants(one_worker.process.pid))
 
 
-def test_decode_processes_leave_sigint_and_sigterm_to_the_server(start_server):
-    """multiprocessing's resource tracker, the fork server and every decode worker ignore both:
-    a signal to the whole group is the server's to act on (it drains, then stops them)."""
+def test_decode_processes_leave_signals_to_the_server_and_load_no_model(start_server):
+    """multiprocessing's resource tracker, the fork server and every decode worker ignore SIGINT
+    and SIGTERM: a signal to the whole group is the server's to act on (it drains, then stops
+    them). None of them loads onnxruntime: they import the decoder, not the console script's
+    whole server."""
     server = start_server("--decode-workers", "2")
     children = descendants(server.process.pid)
     assert len(children) == 4  # the resource tracker, the fork server and two workers
+    assert "onnxruntime" in Path(f"/proc/{server.process.pid}/maps").read_text()
     for pid in children:
         status = Path(f"/proc/{pid}/status").read_text()
         ignored = int(re.search(r"^SigIgn:\s*([0-9a-f]+)$", status, re.MULTILINE).group(1), 16)
         for sig in (signal.SIGINT, signal.SIGTERM):
             assert ignored & (1 << (sig - 1)), f"process {pid} does not ignore {sig.name}"
+        assert "onnxruntime" not in Path(f"/proc/{pid}/maps").read_text(), f"process {pid}"
