@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.batch_cli import EXAMPLES, EXE, classify, messy_inbox, rows
+from tests.batch_cli import EXAMPLES, EXE, classify, classify_process, messy_inbox, rows
 from tests.helpers import digit_file
 from tests.holding_proxy import HoldingProxy
 from tests.process_tree import alive, descendants
@@ -423,5 +423,5 @@ def test_model_repository_problems_are_usage_errors(model_repository, tmp_path):
     (shadow / "onnxruntime").mkdir(parents=True)
     (shadow / "onnxruntime" / "__init__.py").write_text("raise ImportError('not installed')\n")
     env = {**os.environ, "PYTHONPATH": str(shadow)}
-    code, _, err = classify(image, "--model-repository", str(model_repository), env=env)
+    code, _, err = classify_process(image, "--model-repository", str(model_repository), env=env)
     assert code == 2 and "needs onnxruntime" in err, err

@@ -3,9 +3,6 @@
 import csv
 import io
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +10,14 @@ import pytest
 
 from mnist_serving.common.idx import write_idx
 from mnist_serving.common.preprocess import PREPROCESSING_VERSION
+from tests.batch_cli import classify_process, run_main
 from tests.helpers import digit_file
 
-EXE = shutil.which("mnist-classify", path=str(Path(sys.executable).parent))
 
-
-def cli(*args, stdin: bytes | None = None, server=None):
-    command = [EXE, *args] + (["--server", server.address] if server else [])
-    done = subprocess.run(command, input=stdin, capture_output=True, timeout=300, check=False)
-    return done.returncode, done.stdout.decode(), done.stderr.decode()
+def cli(*args: str, stdin: bytes | None = None, server=None) -> tuple[int, str, str]:
+    """The CLI's ``main``, in this process (see tests/batch_cli.py); the console script's own
+    exit codes and streams are checked by ``test_errors_exit_non_zero_with_one_line``."""
+    return run_main([*args] + (["--server", server.address] if server else []), stdin)
 
 
 def png(array: np.ndarray) -> bytes:
@@ -120,24 +116,26 @@ def test_health_and_info(server):
 
 
 def test_errors_exit_non_zero_with_one_line(server, tmp_path):
-    code, _, err = cli(str(tmp_path / "missing.png"), server=server)
+    code, _, err = classify_process(str(tmp_path / "missing.png"), server=server)
     assert code == 2 and "no such file" in err and len(err.strip().splitlines()) == 1
     (tmp_path / "notes.txt").write_text("hello")
-    code, _, err = cli(str(tmp_path / "notes.txt"), server=server)
+    code, _, err = classify_process(str(tmp_path / "notes.txt"), server=server)
     assert code == 2 and "not an image" in err
     # An image that cannot be decoded is an error row (naming its file), not a lost job: exit 3.
     (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
-    code, out, err = cli(str(tmp_path / "broken.png"), "--no-progress", server=server)
+    code, out, err = classify_process(str(tmp_path / "broken.png"), server=server)
     rows = list(csv.DictReader(io.StringIO(out)))
     assert code == 3 and "1 failed" in err
     assert rows[0]["source"] == str(tmp_path / "broken.png") and rows[0]["label"] == ""
     assert rows[0]["error"].startswith(f"{tmp_path / 'broken.png'}: cannot decode image")
-    code, out, err = cli(str(tmp_path / "broken.png"), "--no-progress", "--server-decode", server=server)
+    code, out, err = classify_process(
+        str(tmp_path / "broken.png"), "--no-progress", "--server-decode", server=server
+    )
     error = list(csv.DictReader(io.StringIO(out)))[0]["error"]  # decoded by the server: its status
     assert code == 3 and error.startswith(f"{tmp_path / 'broken.png'}: INVALID_ARGUMENT: images[0].encoded")
-    code, _, err = cli("--mnist-test", "--server", "127.0.0.1:1", "--retries", "0")
+    code, _, err = classify_process("--mnist-test", "--server", "127.0.0.1:1", "--retries", "0")
     assert code == 1 and "UNAVAILABLE" in err
-    code, _, err = cli(server=server)
+    code, _, err = classify_process(server=server)
     assert code == 2 and "no inputs" in err
 
 

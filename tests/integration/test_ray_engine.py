@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.batch_cli import classify, messy_inbox, rows
+from tests.batch_cli import classify_process, messy_inbox, rows
 from tests.helpers import free_port
 
 if importlib.util.find_spec("ray") is None:  # found, not imported: collecting stays cheap
@@ -48,8 +48,8 @@ def test_local_ray_gives_the_local_engines_rows_and_error_rows(tmp_path, mnist, 
     inbox = messy_inbox(tmp_path, mnist)
     env = ray_env(tmp_path)
     args = (str(inbox), "--model-repository", str(model_repository), "--probabilities", "--batch-size", "3")
-    local = classify(*args, env=env)
-    ray = classify(*args, "--engine", "ray", "--concurrency", "2", env=env, timeout=600)
+    local = classify_process(*args, env=env)
+    ray = classify_process(*args, "--engine", "ray", "--concurrency", "2", env=env, timeout=600)
     assert local[0] == ray[0] == 3, ray[2][-3000:]
     assert ray[1] == local[1]  # the same rows, in the same order, byte for byte
     errors = {Path(r["source"]).name: r["error"] for r in rows(ray[1]) if r["error"]}
@@ -146,9 +146,9 @@ def test_two_node_cluster_shares_the_work_and_gives_identical_rows(tmp_path, mni
     env = ray_env(tmp_path)
 
     args = ("scans", "--model-repository", "models", "--batch-size", "8")
-    local = classify(*args, cwd=job, env=env)
+    local = classify_process(*args, cwd=job, env=env)
     with RayCluster(nodes, env) as cluster:
-        code, out, err = classify(
+        code, out, err = classify_process(
             *args, "--engine", "ray", "--ray-address", cluster.address, cwd=job, env=env, timeout=600
         )
         tasks = cluster.tasks()
