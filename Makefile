@@ -49,20 +49,22 @@ serve: $(VENV)/.installed-run
 # gRPC's fork handlers are for children that go on using gRPC, and can abort the parent there.
 # Bytecode caches are written even where the environment turns them off (container images
 # often do): each of the suite's hundreds of servers and CLI runs would compile the package anew.
-TEST_ENV := env -u PYTHONDONTWRITEBYTECODE GRPC_ENABLE_FORK_SUPPORT=false
+# No process of the suite does linear algebra in numpy, yet OpenBLAS starts a spinning thread
+# per core in each of them when numpy is imported (about 0.1 CPU-s a process).
+TEST_ENV := env -u PYTHONDONTWRITEBYTECODE GRPC_ENABLE_FORK_SUPPORT=false OPENBLAS_NUM_THREADS=1
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(TEST_ENV) $(BIN)/python -m pytest -q
 
 # The inner loop: everything but the tests marked slow (real training, Ray clusters, long
-# soaks, compose), on parallel workers (most tests wait on real servers; idle workers take
-# queued tests from busy ones), with the fixture model kept between runs (built anew when
-# the training or export code changes).
+# soaks, compose), on parallel workers (most tests wait on real servers; tests are handed out
+# as workers free up, and those that import torch share one worker), with the fixture model
+# kept between runs (built anew when the training or export code changes).
 FIXTURE_CACHE ?= $(HOME)/.cache/mnist-serving/test-fixtures
 test-fast: $(VENV)/.installed-dev
 	MNIST_SERVING_FIXTURE_CACHE=$(FIXTURE_CACHE) $(TEST_ENV) \
-		$(BIN)/python -m pytest -q -n 4 --dist worksteal -m 'not slow and not compose'
+		$(BIN)/python -m pytest -q -n 4 --dist loadgroup -m 'not slow and not compose'
 
 # Every image docker-compose.yml uses; offline stand-in bases when Docker Hub is unreachable.
 images:

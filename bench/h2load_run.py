@@ -37,8 +37,8 @@ def h2load(
     headers: tuple[str, ...],
     extra: tuple[str, ...] = (),
 ) -> tuple[float, list[int] | None]:
-    """POST ``body`` for ``seconds`` after a warm-up as long, kept within 0.5 to 1 s (time for
-    every connection to open): (requests/s, the counts of 2xx, 3xx, 4xx and 5xx answers, or
+    """POST ``body`` for ``seconds`` after a warm-up as long, at most 1 s (every connection
+    opens in milliseconds): (requests/s, the counts of 2xx, 3xx, 4xx and 5xx answers, or
     None when h2load printed none)."""
     command = [
         shutil.which("h2load") or "h2load",
@@ -46,7 +46,7 @@ def h2load(
         "-D",
         f"{max(1, round(seconds * 1000))}ms",
         "--warm-up-time",
-        f"{round(min(max(seconds, 0.5), 1.0) * 1000)}ms",
+        f"{max(1, round(min(seconds, 1.0) * 1000))}ms",
         "-c",
         str(connections),
         "-m",

@@ -179,6 +179,7 @@ class HttpListener:
             timeout_graceful_shutdown=config.grace,
             timeout_keep_alive=5,
             http=protocol,
+            ws="none",  # no WebSocket routes: nothing to import a WebSocket stack for
             **tls,
         )
         settings.load()

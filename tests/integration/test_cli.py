@@ -10,7 +10,7 @@ import pytest
 
 from mnist_serving.common.idx import write_idx
 from mnist_serving.common.preprocess import PREPROCESSING_VERSION
-from tests.batch_cli import classify_process, run_main
+from tests.batch_cli import classify, classify_process, run_main
 from tests.helpers import digit_file
 
 
@@ -116,10 +116,11 @@ def test_health_and_info(server):
 
 
 def test_errors_exit_non_zero_with_one_line(server, tmp_path):
+    """Each exit code (1, 2, 3) once from the console script itself, the rest through main()."""
     code, _, err = classify_process(str(tmp_path / "missing.png"), server=server)
     assert code == 2 and "no such file" in err and len(err.strip().splitlines()) == 1
     (tmp_path / "notes.txt").write_text("hello")
-    code, _, err = classify_process(str(tmp_path / "notes.txt"), server=server)
+    code, _, err = classify(str(tmp_path / "notes.txt"), server=server)
     assert code == 2 and "not an image" in err
     # An image that cannot be decoded is an error row (naming its file), not a lost job: exit 3.
     (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
@@ -128,14 +129,12 @@ def test_errors_exit_non_zero_with_one_line(server, tmp_path):
     assert code == 3 and "1 failed" in err
     assert rows[0]["source"] == str(tmp_path / "broken.png") and rows[0]["label"] == ""
     assert rows[0]["error"].startswith(f"{tmp_path / 'broken.png'}: cannot decode image")
-    code, out, err = classify_process(
-        str(tmp_path / "broken.png"), "--no-progress", "--server-decode", server=server
-    )
+    code, out, err = classify(str(tmp_path / "broken.png"), "--server-decode", server=server)
     error = list(csv.DictReader(io.StringIO(out)))[0]["error"]  # decoded by the server: its status
     assert code == 3 and error.startswith(f"{tmp_path / 'broken.png'}: INVALID_ARGUMENT: images[0].encoded")
     code, _, err = classify_process("--mnist-test", "--server", "127.0.0.1:1", "--retries", "0")
     assert code == 1 and "UNAVAILABLE" in err
-    code, _, err = classify_process(server=server)
+    code, _, err = classify(server=server)
     assert code == 2 and "no inputs" in err
 
 

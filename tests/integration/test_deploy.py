@@ -123,6 +123,7 @@ def _entrypoint(dockerfile: Path) -> list[str]:
     return yaml.safe_load(match.group(1)) if match else []
 
 
+@pytest.mark.xdist_group("torch")  # imports the training and export CLIs
 def test_every_command_is_a_real_console_script_with_valid_arguments():
     from mnist_serving.export.cli import parse_args as export_args
     from mnist_serving.server.config import load_config
@@ -199,6 +200,7 @@ def test_kubernetes_manifests_validate():
         assert not re.search(r"(:|-) [&*][a-z]", Path(manifest).read_text()), manifest
 
 
+@pytest.mark.xdist_group("torch")  # imports the training and export CLIs
 def test_kubernetes_ports_probes_and_images_match_the_code():
     from mnist_serving.common import __version__
     from mnist_serving.export.cli import parse_args as export_args

@@ -10,11 +10,6 @@ from pathlib import Path
 
 import pytest
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the [dev] extra")
-from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
 CHROMIUM = shutil.which("chromium")
 DRIVER = shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(
@@ -26,6 +21,8 @@ SEVEN = [[(70, 60), (210, 60)], [(210, 60), (120, 230)]]
 
 @pytest.fixture
 def browser():
+    # Imported here: Selenium costs every parallel worker a quarter-second to collect.
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the [dev] extra")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=900,700"):
@@ -40,6 +37,8 @@ def browser():
 
 def draw(driver, canvas, strokes) -> None:
     """Pointer actions: press, move in small steps, release; offsets from the canvas centre."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
     box = canvas.size
     scale_x, scale_y = box["width"] / 280, box["height"] / 280
     for stroke in strokes:
@@ -57,6 +56,9 @@ def draw(driver, canvas, strokes) -> None:
 
 
 def test_drawing_a_seven_shows_the_answer(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
     with urllib.request.urlopen(server.http_url + "/", timeout=10) as response:
         policy = response.headers["content-security-policy"]
     assert "default-src 'none'" in policy and "script-src 'self'" in policy

@@ -11,6 +11,10 @@ from onnx import numpy_helper
 from mnist_serving.common import model_repository
 from mnist_serving.common.contract import INPUT, MODEL_NAME, OUTPUT_LABEL, OUTPUT_PROBABILITIES
 
+# The tests that import torch share one parallel worker (`make test-fast`): each worker that
+# imports it pays about 2 CPU-seconds, and the first export in a process 4 more.
+pytestmark = pytest.mark.xdist_group("torch")
+
 
 @pytest.fixture(scope="module")
 def export():

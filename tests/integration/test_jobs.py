@@ -5,6 +5,10 @@ import pytest
 from mnist_serving.common import model_repository
 from mnist_serving.common.contract import MODEL_FILENAME, SIDECAR_FILENAME
 
+# The tests that import torch share one parallel worker (`make test-fast`): each worker that
+# imports it pays about 2 CPU-seconds, and the first export in a process 4 more.
+pytestmark = pytest.mark.xdist_group("torch")
+
 
 def _write(directory, version):
     (directory / MODEL_FILENAME).write_bytes(b"model %d" % version)

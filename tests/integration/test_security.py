@@ -1,18 +1,12 @@
 """TLS, mutual TLS and bearer tokens: accepted and refused, through the library and the CLI."""
 
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mnist_serving.client import ClassifyError, Client
+from tests.batch_cli import run_main
 from tests.certs import make_pki
-
-CLASSIFY = shutil.which("mnist-classify", path=str(Path(sys.executable).parent))
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +47,8 @@ def test_tls(start_server, pki, mnist):
         with pytest.raises(ClassifyError) as info:
             wrong_ca.classify(mnist.x_test[0])
         assert info.value.code == "UNAVAILABLE"
-    done = subprocess.run(
-        [CLASSIFY, "health", "--server", server.address, "--ca", str(pki["ca"])],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0 and done.stdout.strip() == "SERVING"
+    code, out, _ = run_main(["health", "--server", server.address, "--ca", str(pki["ca"])])
+    assert code == 0 and out.strip() == "SERVING"
 
 
 def test_mutual_tls(start_server, pki, mnist):
@@ -85,9 +73,8 @@ def test_mutual_tls(start_server, pki, mnist):
             with pytest.raises(ClassifyError) as info:
                 refused.classify(mnist.x_test[1])
             assert info.value.code == "UNAVAILABLE"
-    done = subprocess.run(
+    code, _, err = run_main(
         [
-            CLASSIFY,
             "--mnist-test",
             "--no-progress",
             "--server",
@@ -98,14 +85,9 @@ def test_mutual_tls(start_server, pki, mnist):
             str(pki["client"]),
             "--key",
             str(pki["client_key"]),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        ]
     )
-    assert done.returncode == 0, done.stderr
-    assert "accuracy" in done.stderr
+    assert code == 0 and "accuracy" in err, err
 
 
 def test_bearer_tokens(start_server, mnist, tmp_path):
@@ -131,22 +113,10 @@ def test_bearer_tokens(start_server, mnist, tmp_path):
             list(stream(iter([b""]), metadata=(("authorization", "Basic abc"),), timeout=10))
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert server.metric("mnist_serving_auth_failures_total") >= 5
-    done = subprocess.run(
-        [CLASSIFY, "info", "--server", server.address, "--token", "first-token"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    done = subprocess.run(
-        [CLASSIFY, "info", "--server", server.address, "--retries", "0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 1 and "UNAUTHENTICATED" in done.stderr
+    code, _, err = run_main(["info", "--server", server.address, "--token", "first-token"])
+    assert code == 0, err
+    code, _, err = run_main(["info", "--server", server.address, "--retries", "0"])
+    assert code == 1 and "UNAUTHENTICATED" in err
     # A refused call is not parsed: bytes that are no message at all still get UNAUTHENTICATED.
     with grpc.insecure_channel(server.address) as channel:
         raw = channel.unary_unary("/mnist.v1.Classifier/ClassifyBatch")

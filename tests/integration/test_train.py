@@ -5,6 +5,10 @@ import types
 
 import pytest
 
+# The tests that import torch share one parallel worker (`make test-fast`): each worker that
+# imports it pays about 2 CPU-seconds, and the first export in a process 4 more.
+pytestmark = pytest.mark.xdist_group("torch")
+
 ARTEFACTS = [
     "model.pt",
     "final.pt",
