@@ -18,7 +18,10 @@ PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent() -> None:
-    """SIGKILL this process when its parent exits (a no-op where Linux's prctl is missing)."""
+    """SIGKILL this process when its parent exits (a no-op where Linux's prctl is missing).
+    Linux sends it when the parent's *thread* that started this process ends: start such a
+    process from a thread that lives as long as it should (the main thread, the event loop's
+    executor, a pool's feeder)."""
     if not sys.platform.startswith("linux"):
         return
     try:

@@ -12,9 +12,9 @@ import contextlib
 import csv
 import io
 import shutil
+import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 from PIL import Image
@@ -36,33 +36,33 @@ def classify(
 def run_main(
     argv: list[str], stdin: bytes | None = None, timeout: float = 300, cwd: Path | None = None
 ) -> tuple[int, str, str]:
-    """The CLI's ``main(argv)`` with its own standard streams and working directory."""
+    """The CLI's ``main(argv)`` with its own standard streams and working directory, on this
+    thread, as in a process of its own: its decode fork server dies with the thread that
+    started it. A run still going after ``timeout`` seconds fails."""
     streams = [io.TextIOWrapper(io.BytesIO(), write_through=True) for _ in range(2)]
-    stdin_stream = io.TextIOWrapper(io.BytesIO(stdin or b""))
-    outcome: list[int] = []
 
-    def run() -> None:
-        try:
-            outcome.append(cli.main(argv))
-        except SystemExit as exc:  # argparse's usage errors
-            outcome.append(exc.code if isinstance(exc.code, int) else 2)
+    def expired(signum: int, frame: object) -> None:
+        raise TimeoutError(f"mnist-classify {' '.join(argv)} still running after {timeout} s")
 
-    with (
-        contextlib.chdir(cwd or Path.cwd()),
-        contextlib.redirect_stdout(streams[0]),
-        contextlib.redirect_stderr(streams[1]),
-    ):
-        saved_stdin, sys.stdin = sys.stdin, stdin_stream
-        try:
-            runner = threading.Thread(target=run, name="mnist-classify", daemon=True)
-            runner.start()
-            runner.join(timeout)
-        finally:
-            sys.stdin = saved_stdin
-    assert not runner.is_alive(), f"mnist-classify {' '.join(argv)} still running after {timeout} s"
-    assert outcome, "mnist-classify raised; see the traceback above"
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    saved_stdin, sys.stdin = sys.stdin, io.TextIOWrapper(io.BytesIO(stdin or b""))
+    try:
+        with (
+            contextlib.chdir(cwd or Path.cwd()),
+            contextlib.redirect_stdout(streams[0]),
+            contextlib.redirect_stderr(streams[1]),
+        ):
+            try:
+                code = cli.main(argv)
+            except SystemExit as exc:  # argparse's usage errors
+                code = exc.code if isinstance(exc.code, int) else 2
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        sys.stdin = saved_stdin
     out, err = (stream.buffer.getvalue().decode() for stream in streams)
-    return outcome[0], out, err
+    return code, out, err
 
 
 def classify_process(

@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid``."""
+def descendants(pid: int, depth: int | None = None) -> list[int]:
+    """Every process below ``pid`` (``depth=1``: its children only)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -16,11 +16,14 @@ def descendants(pid: int) -> list[int]:
             except OSError:
                 continue
             children.setdefault(int(stat[1]), []).append(int(entry))
-    found, todo = [], [pid]
+    found, todo = [], [(pid, 0)]
     while todo:
-        for child in children.get(todo.pop(), []):
+        parent, level = todo.pop()
+        if depth is not None and level >= depth:
+            continue
+        for child in children.get(parent, []):
             found.append(child)
-            todo.append(child)
+            todo.append((child, level + 1))
     return found
 
 
