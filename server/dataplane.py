@@ -25,7 +25,7 @@ from mnist_serving.common.contract import (
     NO_LABEL,
     NUM_CLASSES,
 )
-from mnist_serving.common.preprocess import PREPROCESSING_VERSION
+from mnist_serving.common.preprocess_contract import PREPROCESSING_VERSION
 from mnist_serving.protos.gen.inference import grpc_service_pb2 as v2
 from mnist_serving.server import codec, tracing, triton_documents
 from mnist_serving.server.batch_stats import RequestTimes

@@ -33,9 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_serving.common import preprocess as common_preprocess
 from mnist_serving.common import processes
-from mnist_serving.server import preprocess
 from mnist_serving.server.errors import DeadlineExpired, InvalidInput
 
 log = logging.getLogger(__name__)
@@ -53,6 +51,10 @@ def decode_chunk(blobs: Sequence[bytes], fields: Sequence[str]) -> list[Decoded]
 
 
 def _decode_one(blob: bytes, field: str) -> Decoded:
+    # Imported where images are decoded (the workers; the fork server preloads it): the
+    # server's own process never needs OpenCV and Pillow unless it decodes inline.
+    from mnist_serving.server import preprocess
+
     try:
         return preprocess.decode_sized(blob, field)
     except InvalidInput as exc:
@@ -69,7 +71,9 @@ def _worker_main(connection: multiprocessing.connection.Connection) -> None:
         os.nice(DECODE_NICENESS)
     except OSError:  # not permitted here: decoding still works, at the same priority
         pass
-    common_preprocess.warm_up()  # before the first hand-over, so no image's budget pays for it
+    from mnist_serving.common import preprocess
+
+    preprocess.warm_up()  # before the first hand-over, so no image's budget pays for it
     while (task := connection.recv()) is not None:
         blobs, fields = task
         connection.send(None)  # received: the first image's budget starts now
@@ -230,6 +234,7 @@ class DecodePool:
                 "mnist_serving.common.forkserver_preload",
                 "mnist_serving.server.decode_forkserver",
                 "mnist_serving.server.decode_pool",
+                "mnist_serving.server.preprocess",
             ]
         )
         for number in range(self.workers):
