@@ -151,14 +151,19 @@ def test_decode_processes_leave_signals_to_the_server_and_load_no_model(start_se
     """multiprocessing's resource tracker, the fork server and every decode worker ignore SIGINT
     and SIGTERM: a signal to the whole group is the server's to act on (it drains, then stops
     them). None of them loads onnxruntime: they import the decoder, not the console script's
-    whole server."""
+    whole server; and the server's own process does not load the decoder (OpenCV)."""
     server = start_server("--decode-workers", "2")
     children = descendants(server.process.pid)
     assert len(children) == 4  # the resource tracker, the fork server and two workers
-    assert "onnxruntime" in Path(f"/proc/{server.process.pid}/maps").read_text()
+    server_maps = Path(f"/proc/{server.process.pid}/maps").read_text()
+    assert "onnxruntime" in server_maps and "/cv2/" not in server_maps
+    assert _decode_workers(server) == 2
     for pid in children:
         status = Path(f"/proc/{pid}/status").read_text()
         ignored = int(re.search(r"^SigIgn:\s*([0-9a-f]+)$", status, re.MULTILINE).group(1), 16)
         for sig in (signal.SIGINT, signal.SIGTERM):
             assert ignored & (1 << (sig - 1)), f"process {pid} does not ignore {sig.name}"
         assert "onnxruntime" not in Path(f"/proc/{pid}/maps").read_text(), f"process {pid}"
+    for pid in descendants(server.process.pid, depth=1):  # the fork server has the decoder loaded
+        if "forkserver" in Path(f"/proc/{pid}/cmdline").read_text():
+            assert "/cv2/" in Path(f"/proc/{pid}/maps").read_text()
