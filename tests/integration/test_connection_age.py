@@ -12,7 +12,7 @@ import numpy as np
 
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until
 from tests.server_process import ServerProcess
 
 LAUNCHER = (sys.executable, str(Path(__file__).parents[1] / "reuseport_server.py"))
@@ -26,16 +26,16 @@ def answered_by(stub: pb_grpc.ClassifierStub) -> str:
     and a health check on the shared port may have been answered by the first replica): the
     call is repeated then, as the client library does."""
     request = pb.ClassifyRequest(image=pb.Image(raw=np.zeros(784, np.uint8).tobytes()))
-    for _ in range(100):
+
+    def attempt() -> grpc.Call | None:
         try:
-            _, call = stub.Classify.with_call(request, timeout=10)
-            break
+            return stub.Classify.with_call(request, timeout=10)[1]
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.UNAVAILABLE:
                 raise
-            time.sleep(0.1)  # a client's backoff
-    else:
-        raise AssertionError("UNAVAILABLE for 10 s")
+            return None  # tried again after a client's backoff
+
+    call = wait_until(attempt, 10, "an answer other than UNAVAILABLE", interval=0.1)
     request_id = dict(call.trailing_metadata())["x-request-id"]
     return request_id[:PROCESS_PREFIX]
 

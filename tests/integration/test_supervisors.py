@@ -129,14 +129,19 @@ def test_ctrl_c_on_make_run_drains_without_a_traceback(model_repository):
     drained_cleanly("".join(output))
 
 
-def _decode_workers(server) -> int:
-    """The processes the decode pool's fork server (a child of the server) has forked."""
-    (fork_server,) = [
+def _fork_server(server) -> int:
+    """The decode pool's fork server: the server's child that multiprocessing started."""
+    (pid,) = [
         pid
         for pid in descendants(server.process.pid, depth=1)
         if "forkserver" in Path(f"/proc/{pid}/cmdline").read_text()
     ]
-    return len(descendants(fork_server))
+    return pid
+
+
+def _decode_workers(server) -> int:
+    """The processes the decode pool's fork server has forked."""
+    return len(descendants(_fork_server(server)))
 
 
 def test_taskset_one_cpu_starts_one_decode_worker(start_server):
@@ -164,6 +169,4 @@ def test_decode_processes_leave_signals_to_the_server_and_load_no_model(start_se
         for sig in (signal.SIGINT, signal.SIGTERM):
             assert ignored & (1 << (sig - 1)), f"process {pid} does not ignore {sig.name}"
         assert "onnxruntime" not in Path(f"/proc/{pid}/maps").read_text(), f"process {pid}"
-    for pid in descendants(server.process.pid, depth=1):  # the fork server has the decoder loaded
-        if "forkserver" in Path(f"/proc/{pid}/cmdline").read_text():
-            assert "/cv2/" in Path(f"/proc/{pid}/maps").read_text()
+    assert "/cv2/" in Path(f"/proc/{_fork_server(server)}/maps").read_text()  # the decoder is there

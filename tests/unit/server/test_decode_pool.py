@@ -11,7 +11,7 @@ from PIL import Image
 from mnist_serving.server.decode_pool import DecodePool
 from mnist_serving.server.errors import DeadlineExpired, InvalidInput
 from mnist_serving.server.preprocess import decode_sized
-from tests.helpers import scan
+from tests.helpers import encode, scan
 
 BLOBS = [scan(i % 7) for i in range(40)] + [b"not an image"]
 FIELDS = [f"images[{i}].encoded" for i in range(len(BLOBS))]
@@ -58,9 +58,7 @@ def _big_png(side: int = 4000) -> bytes:
     ramp = np.linspace(120, 240, side, dtype=np.float32)
     page = (ramp[None, :] * ramp[:, None] / 240).astype(np.uint8)
     page[side // 4 : 3 * side // 4, side // 2 - 40 : side // 2 + 40] = 10
-    buffer = io.BytesIO()
-    Image.fromarray(page).convert("RGBA").save(buffer, format="PNG")
-    return buffer.getvalue()
+    return encode(page, mode="RGBA")
 
 
 def test_a_killed_worker_is_replaced_and_the_pool_goes_on():
