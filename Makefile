@@ -92,6 +92,8 @@ bench: model $(VENV)/.installed-dev
 	$(BIN)/python bench/batch_job.py --docs docs/batch.md
 	$(BIN)/python bench/decode_pool.py
 	$(BIN)/python bench/json_parse.py --docs docs/benchmarks.md
+	$(BIN)/python bench/targets.py --docs docs/benchmarks.md
+	$(BIN)/python bench/batch_budget.py --docs docs/benchmarks.md
 
 # This tree against an earlier commit (BASELINE=<commit>), interleaved rounds; see docs/benchmarks.md.
 bench-ab: model $(VENV)/.installed-dev

@@ -1,9 +1,11 @@
 """The Python gRPC floor: a bare grpc.aio ModelInfer server over onnxruntime.
 
 No validation, no metrics, no batching, no admission: what plain Python gRPC costs per
-call on this machine, so mnist-serve's own costs can be read against it.
+call on this machine, so mnist-serve's own costs can be read against it. With
+``--no-model`` it answers zeros of the right shape without running onnxruntime: what the
+transport alone costs (``bench/batch_budget.py``).
 
-    python bench/floor_server.py MODEL.onnx --port 50060 [--processes 2]
+    python bench/floor_server.py MODEL.onnx --port 50060 [--processes 2] [--no-model]
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from mnist_serving.protos.gen.inference import grpc_service_pb2_grpc as v2_grpc
 
 
 class Floor(v2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, run_model: bool = True) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        self.run_model = run_model
 
     async def ModelReady(self, request: v2.ModelReadyRequest, context: object) -> v2.ModelReadyResponse:
         return v2.ModelReadyResponse(ready=True)
@@ -33,7 +36,10 @@ class Floor(v2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: v2.ModelInferRequest, context: object) -> v2.ModelInferResponse:
         count = request.inputs[0].shape[0]
         images = np.frombuffer(request.raw_input_contents[0], np.uint8).reshape(count, *IMAGE_SHAPE)
-        probabilities, labels = self.session.run(None, {INPUT.name: images})
+        if self.run_model:
+            probabilities, labels = self.session.run(None, {INPUT.name: images})
+        else:
+            probabilities, labels = np.zeros((count, NUM_CLASSES), np.float32), np.zeros(count, np.int64)
         response = v2.ModelInferResponse(model_name=request.model_name)
         response.outputs.add(name="probabilities", datatype="FP32", shape=[count, NUM_CLASSES])
         response.outputs.add(name="label", datatype="INT64", shape=[count])
@@ -41,9 +47,9 @@ class Floor(v2_grpc.GRPCInferenceServiceServicer):
         return response
 
 
-async def serve(model: str, port: int, reuse_port: bool) -> None:
+async def serve(model: str, port: int, reuse_port: bool, run_model: bool = True) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
-    v2_grpc.add_GRPCInferenceServiceServicer_to_server(Floor(model), server)
+    v2_grpc.add_GRPCInferenceServiceServicer_to_server(Floor(model, run_model), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()
@@ -60,9 +66,10 @@ def main() -> int:
     parser.add_argument("model")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--no-model", action="store_true", help="answer zeros; never run onnxruntime")
     args = parser.parse_args()
     if args.processes == 1:
-        asyncio.run(serve(args.model, args.port, reuse_port=False))
+        asyncio.run(serve(args.model, args.port, reuse_port=False, run_model=not args.no_model))
         return 0
     # Forked before any gRPC object exists, as gRPC requires; the kernel spreads connections.
     context = multiprocessing.get_context("fork")

@@ -1,0 +1,238 @@
+"""Where the CPU of a batch of 256 goes, and what that allows, in one sitting.
+
+    python bench/batch_budget.py [--rounds 5] [--seconds 3] [--docs docs/benchmarks.md]
+
+The batches-of-256 target compares mnist-serve, with Triton's client (2 callers) on the same
+cores, with onnxruntime in process, which has every core to itself. This accounts for each
+request's CPU time, read from /proc over the middle of each run:
+
+- Triton's client and a bare grpc.aio server that answers without running a model
+  (``bench/floor_server.py --no-model``): what the transport alone costs;
+- mnist-serve with default flags, thread by thread: the event loop, gRPC's own threads, the
+  model threads (onnxruntime's and the thread that calls it), and the cores left idle;
+- onnxruntime in process on the same batch, with its default threads and with one thread.
+
+From these, what no server on these cores can pass: the cores divided by the CPU time of one
+request, if it paid only the client, the bare transport and onnxruntime at its in-process cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from docs_block import write_block  # noqa: E402
+from run import OURS, Server, free_port, servers, test_set_files  # noqa: E402
+
+from mnist_serving.common import model_repository  # noqa: E402
+from mnist_serving.common.contract import INPUT, MODEL_NAME  # noqa: E402
+
+BATCH, CALLERS = 256, 2
+TICK = os.sysconf("SC_CLK_TCK")
+GRPC_THREADS = ("event_engine", "grpc_global_tim", "lifeguard")
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """CPU seconds of each thread of ``pid``: {tid: (comm, seconds)}."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            raw = (task / "stat").read_text()
+        except FileNotFoundError:  # the thread ended between the listing and the read
+            continue
+        fields = raw.rsplit(")", 1)[1].split()
+        found[int(task.name)] = (
+            raw.split("(", 1)[1].rsplit(")", 1)[0],
+            (int(fields[11]) + int(fields[12])) / TICK,
+        )
+    return found
+
+
+def idle_seconds() -> float:
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    return (int(fields[3]) + int(fields[4])) / TICK
+
+
+def in_process(model: str, threads: int, seconds: float) -> dict:
+    """onnxruntime alone on one batch: images/s and CPU milliseconds per batch (all its threads)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    images = np.random.default_rng(0).integers(0, 256, (BATCH, 28, 28), dtype=np.uint8)
+    for _ in range(20):
+        session.run(None, {INPUT.name: images})
+    runs, cpu, started = 0, time.process_time(), time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        session.run(None, {INPUT.name: images})
+        runs += 1
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    del session  # its threads stop before the next measurement
+    return {"images_per_s": runs * BATCH / elapsed, "cpu_ms": cpu / runs * 1e3}
+
+
+def under_load(server: Server, data: dict, seconds: float) -> dict:
+    """Triton's client, 2 callers of 256, against ``server``: the rate, and CPU ms per request."""
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            str(HERE / "loadgen_v2.py"),
+            f"127.0.0.1:{server.port}",
+            str(CALLERS),
+            str(BATCH),
+            str(seconds + 2.0),
+            data["images"],
+            data["labels"],
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)  # the client's start-up (imports, first calls) stays out of the window
+    before = (thread_cpu(server.process.pid), thread_cpu(client.pid), idle_seconds(), time.perf_counter())
+    time.sleep(seconds)  # the measuring window itself
+    after = (thread_cpu(server.process.pid), thread_cpu(client.pid), idle_seconds(), time.perf_counter())
+    summary = json.loads(client.communicate()[0])
+    window = after[3] - before[3]
+    requests = summary["requests_per_s"] * window  # the closed loop runs at a steady rate
+
+    def spent(which: int, keep) -> float:
+        old = before[which]
+        return sum(s - old.get(t, ("", 0.0))[1] for t, (name, s) in after[which].items() if keep(t, name))
+
+    main = server.process.pid
+    return {
+        "images_per_s": summary["images_per_s"],
+        "errors": summary["errors"],
+        "client_ms": spent(1, lambda t, n: True) / requests * 1e3,
+        "loop_ms": spent(0, lambda t, n: t == main) / requests * 1e3,
+        "grpc_ms": spent(0, lambda t, n: n.startswith(GRPC_THREADS)) / requests * 1e3,
+        "model_ms": spent(0, lambda t, n: t != main and not n.startswith(GRPC_THREADS)) / requests * 1e3,
+        "idle_ms": (after[2] - before[2]) / requests * 1e3,
+        "idle_cores": (after[2] - before[2]) / window,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--docs", type=Path, help="write the table into this page (block batch-budget)")
+    parser.add_argument("--model", type=Path, help="a published model.onnx (default: the newest in models/)")
+    args = parser.parse_args()
+    model = args.model or model_repository.published_model(ROOT / "models", MODEL_NAME)
+    if model is None:
+        raise SystemExit("no published model: run `make run` first")
+    model = Path(model).resolve()
+    _, work, data, _ = test_set_files(model, "bench-budget-")
+    ours = next(s for s in servers(model, [], quick=True) if s.name == OURS)
+    port = free_port()
+    transport = Server(
+        "transport floor",
+        [sys.executable, str(HERE / "floor_server.py"), str(model), "--port", str(port), "--no-model"],
+        port,
+        floor=True,
+    )
+    rounds = []
+    try:
+        for server in (ours, transport):
+            server.start(work / f"{server.port}.log")
+        for number in range(1, args.rounds + 1):
+            row = {
+                "default threads": in_process(str(model), 0, args.seconds),
+                "one thread": in_process(str(model), 1, args.seconds),
+                "transport": under_load(transport, data, args.seconds),
+                "ours": under_load(ours, data, args.seconds),
+            }
+            if row["ours"]["errors"]:
+                raise SystemExit(f"batches of 256 had errors: {row['ours']}")
+            print(f"round {number}: {json.dumps(row)}", flush=True)
+            rounds.append(row)
+    finally:
+        for server in (ours, transport):
+            server.stop()
+    table = report(rounds, os.cpu_count() or 1)
+    print(table)
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "batch_budget.json").write_text(json.dumps(rounds, indent=2))
+    if args.docs:
+        write_block(
+            args.docs,
+            "batch-budget",
+            "## Where a batch of 256 spends its CPU (`bench/batch_budget.py`)",
+            table,
+        )
+    return 0
+
+
+def bounds(row: dict, cores: int) -> dict:
+    """Per round: the ratios to in-process onnxruntime (default threads) of mnist-serve, and of
+    a server that paid only the client, the bare transport and onnxruntime's in-process CPU."""
+    reference = row["default threads"]["images_per_s"]
+    paid = row["transport"]["client_ms"] + row["transport"]["loop_ms"] + row["transport"]["grpc_ms"]
+    bound = {
+        k: cores * 1e3 / (paid + row[k]["cpu_ms"]) * BATCH / reference
+        for k in ("default threads", "one thread")
+    }
+    return {"ours": row["ours"]["images_per_s"] / reference, **bound}
+
+
+def report(rounds: list[dict], cores: int) -> str:
+    def med(path: tuple[str, str]) -> float:
+        return statistics.median(r[path[0]][path[1]] for r in rounds)
+
+    per_round = [bounds(r, cores) for r in rounds]
+    transport_ms = med(("transport", "loop_ms")) + med(("transport", "grpc_ms"))
+    lines = [
+        f"One sitting, {time.strftime('%Y-%m-%d')}, {cores} cores, {len(rounds)} rounds; Triton's client "
+        f"with {CALLERS} callers of {BATCH} images on the same cores; CPU milliseconds per request "
+        "(medians of the rounds).",
+        "",
+        "| where | mnist-serve, default flags | bare gRPC server, no model |",
+        "|---|---|---|",
+        f"| Triton's client | {med(('ours', 'client_ms')):.2f} | {med(('transport', 'client_ms')):.2f} |",
+        f"| the server's event loop | {med(('ours', 'loop_ms')):.2f} | {med(('transport', 'loop_ms')):.2f} |",
+        f"| gRPC's own threads | {med(('ours', 'grpc_ms')):.2f} | {med(('transport', 'grpc_ms')):.2f} |",
+        f"| model threads (onnxruntime) | {med(('ours', 'model_ms')):.2f} | — |",
+        f"| cores left idle | {med(('ours', 'idle_ms')):.2f} ({med(('ours', 'idle_cores')):.2f} cores) | "
+        f"{med(('transport', 'idle_ms')):.2f} ({med(('transport', 'idle_cores')):.2f} cores) |",
+        f"| images/s | {med(('ours', 'images_per_s')):,.0f} | {med(('transport', 'images_per_s')):,.0f} |",
+        "",
+        "onnxruntime in process, the same batch: default threads "
+        f"{med(('default threads', 'images_per_s')):,.0f} "
+        f"images/s at {med(('default threads', 'cpu_ms')):.2f} CPU ms a batch; one thread "
+        f"{med(('one thread', 'images_per_s')):,.0f} images/s at {med(('one thread', 'cpu_ms')):.2f} CPU ms "
+        f"(the bare server's own work: {transport_ms:.2f} ms).",
+        "",
+        "| ratio to in-process onnxruntime (default threads) | per round | median round |",
+        "|---|---|---|",
+    ]
+    for key, label in (
+        ("ours", "mnist-serve, measured"),
+        (
+            "default threads",
+            "bound: client + bare transport + onnxruntime at its in-process default-thread cost",
+        ),
+        ("one thread", "bound: client + bare transport + onnxruntime at its in-process one-thread cost"),
+    ):
+        values = [b[key] for b in per_round]
+        lines.append(
+            f"| {label} | {', '.join(f'{v:.2f}' for v in values)} | **{statistics.median(values):.2f}** |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
