@@ -12,7 +12,7 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from mnist_serving.common import __version__
 from mnist_serving.common.contract import MODEL_NAME
@@ -26,7 +26,7 @@ from mnist_serving.server.config import ServerConfig
 from mnist_serving.server.dataplane import DataPlane
 from mnist_serving.server.decode_pool import DecodePool
 from mnist_serving.server.errors import StartupError
-from mnist_serving.server.grpc_adapter import DataPlaneInterceptor
+from mnist_serving.server.grpc_adapter import DataPlaneInterceptor, GenericHandlersOnly
 from mnist_serving.server.metrics import Metrics
 from mnist_serving.server.model_control import ModelControl
 from mnist_serving.server.models import ModelStore
@@ -137,20 +137,22 @@ class MnistServer:
             # Beyond this many calls at once, gRPC itself answers RESOURCE_EXHAUSTED.
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
+        services = GenericHandlersOnly(self.server)  # no per-method cost on every call
         pb_grpc.add_ClassifierServicer_to_server(
-            ClassifierServicer(self.dataplane, config.max_request_images), self.server
+            ClassifierServicer(self.dataplane, config.max_request_images), services
         )
         v2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.dataplane, config.max_request_images), self.server
+            InferenceServicer(self.dataplane, config.max_request_images), services
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (
-                *SERVICE_NAMES,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            self.server,
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, services)
+        names = (
+            *SERVICE_NAMES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        # enable_server_reflection would pick the asyncio servicer only for a grpc.aio.Server itself.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(names), services
         )
         address = f"{config.host}:{config.port}"
         try:

@@ -95,6 +95,47 @@ def test_health_is_not_serving_until_the_model_is_loaded(model_repository):
     assert after == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_every_service_answers_through_its_generic_handler(model_repository):
+    """grpc.aio keeps a pending task per "registered method" and waits on all of them for each
+    call it accepts; the server registers none, so a call's cost does not grow with Triton's
+    26 methods. The services still answer."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from mnist_serving.protos.gen.inference import grpc_service_pb2 as v2
+    from mnist_serving.protos.gen.inference import grpc_service_pb2_grpc as v2_grpc
+
+    async def go():
+        server = MnistServer(
+            ServerConfig(
+                model_repository=model_repository, host="127.0.0.1", port=0, metrics_port=-1, http_port=-1
+            )
+        )
+        await server.start_transport()
+        await server.load_models()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            classified = await pb_grpc.ClassifierStub(channel).Classify(
+                pb.ClassifyRequest(image=pb.Image(raw=bytes(784)))
+            )
+            ready = await v2_grpc.GRPCInferenceServiceStub(channel).ModelReady(
+                v2.ModelReadyRequest(name="mnist")
+            )
+            listing = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+            services = [s.name async for r in listing for s in r.list_services_response.service]
+            pending = [t.get_coro().__qualname__ for t in asyncio.all_tasks()]
+        await server.stop()
+        return health.status, classified, ready.ready, services, pending
+
+    status, classified, ready, services, pending = asyncio.run(go())
+    assert status == health_pb2.HealthCheckResponse.SERVING and ready
+    assert 0 <= classified.prediction.label <= 9 and classified.prediction.confidence > 0
+    assert "inference.GRPCInferenceService" in services and "mnist.v1.Classifier" in services
+    assert "AioServer._request_call" in pending  # the generic path waits for the next call
+    assert [name for name in pending if name == "AioServer._request_registered_call"] == []
+
+
 def _ready_status(port: int) -> int:
     import urllib.error
     import urllib.request
