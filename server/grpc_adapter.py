@@ -1,7 +1,8 @@
 """gRPC's way into the data plane: one interceptor runs every project RPC inside the data
 plane's call (``async with dataplane.call(...)``) and answers a ``CallFailed`` with its
-gRPC status. Health stays open and outside admission, so probes answer while the server
-loads or drains.
+gRPC status; the services reach the server through their generic handlers only
+(``GenericHandlersOnly``). Health stays open and outside admission, so probes answer while
+the server loads or drains.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ class GenericHandlersOnly:
 
     grpc.aio keeps one pending task per registered method and waits on all of them each time
     it accepts a call, so every registered method costs every call: with Triton's whole service
-    (26 methods in all) a ModelInfer took 7% more instructions than with none (callgrind, 400
-    calls; ``docs/benchmarks.md``). The generated functions add a generic handler for the same
+    (26 methods in all) a ModelInfer took 11% more instructions than with none (callgrind,
+    400 calls; ``docs/benchmarks.md``). The generated functions add a generic handler for the same
     methods, so dropping the registration loses nothing.
     """
 
