@@ -31,13 +31,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
+import ceiling  # noqa: E402
 from docs_block import write_block  # noqa: E402
-from run import OURS, Server, free_port, servers, test_set_files  # noqa: E402
+from run import OURS, Server, free_port, loadgen_v2_command, servers, test_set_files  # noqa: E402
 
 from mnist_serving.common import model_repository  # noqa: E402
-from mnist_serving.common.contract import INPUT, MODEL_NAME  # noqa: E402
+from mnist_serving.common.contract import MODEL_NAME  # noqa: E402
 
 BATCH, CALLERS = 256, 2
 TICK = os.sysconf("SC_CLK_TCK")
@@ -65,36 +64,10 @@ def idle_seconds() -> float:
     return (int(fields[3]) + int(fields[4])) / TICK
 
 
-def in_process(model: str, threads: int, seconds: float) -> dict:
-    """onnxruntime alone on one batch: images/s and CPU milliseconds per batch (all its threads)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    images = np.random.default_rng(0).integers(0, 256, (BATCH, 28, 28), dtype=np.uint8)
-    for _ in range(20):
-        session.run(None, {INPUT.name: images})
-    runs, cpu, started = 0, time.process_time(), time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        session.run(None, {INPUT.name: images})
-        runs += 1
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-    del session  # its threads stop before the next measurement
-    return {"images_per_s": runs * BATCH / elapsed, "cpu_ms": cpu / runs * 1e3}
-
-
 def under_load(server: Server, data: dict, seconds: float) -> dict:
     """Triton's client, 2 callers of 256, against ``server``: the rate, and CPU ms per request."""
     client = subprocess.Popen(
-        [
-            sys.executable,
-            str(HERE / "loadgen_v2.py"),
-            f"127.0.0.1:{server.port}",
-            str(CALLERS),
-            str(BATCH),
-            str(seconds + 2.0),
-            data["images"],
-            data["labels"],
-        ],
+        loadgen_v2_command(f"127.0.0.1:{server.port}", CALLERS, BATCH, seconds + 2.0, data),
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -151,8 +124,8 @@ def main() -> int:
             server.start(work / f"{server.port}.log")
         for number in range(1, args.rounds + 1):
             row = {
-                "default threads": in_process(str(model), 0, args.seconds),
-                "one thread": in_process(str(model), 1, args.seconds),
+                "default threads": ceiling.measure(str(model), 0, (BATCH,), args.seconds)[0],
+                "one thread": ceiling.measure(str(model), 1, (BATCH,), args.seconds)[0],
                 "transport": under_load(transport, data, args.seconds),
                 "ours": under_load(ours, data, args.seconds),
             }

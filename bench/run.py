@@ -220,18 +220,23 @@ def servers(model: Path, peers: list[str], quick: bool = False) -> list[Server]:
     return found
 
 
+def loadgen_v2_command(address: str, concurrency: int, batch: int, seconds: float, data: dict) -> list[str]:
+    """Triton's client closed-loop (``loadgen_v2.py``), as a command to run."""
+    return [
+        sys.executable,
+        str(HERE / "loadgen_v2.py"),
+        address,
+        str(concurrency),
+        str(batch),
+        str(seconds),
+        data["images"],
+        data["labels"],
+    ]
+
+
 def run_v2(address: str, concurrency: int, batch: int, seconds: float, data: dict) -> dict:
     done = subprocess.run(
-        [
-            sys.executable,
-            str(HERE / "loadgen_v2.py"),
-            address,
-            str(concurrency),
-            str(batch),
-            str(seconds),
-            data["images"],
-            data["labels"],
-        ],
+        loadgen_v2_command(address, concurrency, batch, seconds, data),
         capture_output=True,
         text=True,
         timeout=seconds + 120,
