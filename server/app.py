@@ -67,6 +67,7 @@ class MnistServer:
             run_threads=config.run_threads,
             pinned_version=config.model_version,
             inline_max_images=config.inline_max_images,
+            inline_big_runs=config.inline_big_runs,
             mode=config.model_control_mode,
             requested=config.load_model,
             device=config.device,

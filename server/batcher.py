@@ -1,7 +1,8 @@
 """Dynamic batching: concurrent requests are coalesced into one onnxruntime run.
 
 One worker takes chunks from the queue (``batch_queue.py``) until a batch is full or
-``max_delay`` has passed, and runs it in a one-thread executor (tiny runs on the event loop).
+``max_delay`` has passed, and runs it in a one-thread executor (tiny runs, and runs that take
+every core, on the event loop).
 While a run executes, a next batch that is already full is handed to the thread too, so it
 goes from run to run without waiting for the event loop; a partial one waits and gathers what
 arrives. Cancelled or expired requests are dropped before their run; a full queue refuses.
@@ -38,8 +39,12 @@ class DynamicBatcher:
         settings: BatchingSettings = BatchingSettings(),
         observer: BatchObserver | None = None,
         inline_max_images: int = 0,
+        inline_min_images: int | None = None,
     ) -> None:
+        """Runs of at most ``inline_max_images`` images, and of at least ``inline_min_images``
+        (None: none), run on the event loop thread instead of the model thread."""
         self._run, self._observer, self._inline_max_images = run, observer, inline_max_images
+        self._inline_min_images = inline_min_images
         self.settings = settings
         self.max_batch_size = settings.max_batch_size
         self.stats = BatchStats()
@@ -136,6 +141,15 @@ class DynamicBatcher:
         if batch:
             self._running.add(asyncio.get_running_loop().create_task(self._run_batch(batch)))
 
+    def _inline(self, images: int) -> bool:
+        """A tiny run takes tens of µs: less than two thread wake-ups. A run on every core leaves
+        the event loop no core to run on meanwhile, and the hand-off to the model thread and back
+        would wait for a core twice (``docs/benchmarks.md``); the loop thread becomes one of
+        onnxruntime's threads instead."""
+        if images <= self._inline_max_images:
+            return True
+        return self._inline_min_images is not None and images >= self._inline_min_images
+
     def _timed_run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, RunTiming]:
         started, started_ns = time.monotonic(), time.time_ns()
         probabilities, labels = self._run(images)
@@ -147,7 +161,7 @@ class DynamicBatcher:
             begun = time.perf_counter()
             images = batch[0].images if len(batch) == 1 else np.concatenate([c.images for c in batch])
             input_s = time.perf_counter() - begun
-            if len(images) <= self._inline_max_images:  # tens of µs: cheaper than two thread wake-ups
+            if self._inline(len(images)):
                 probabilities, labels, timing = self._timed_run(images)
             else:
                 loop = asyncio.get_running_loop()

@@ -97,6 +97,11 @@ class ServerConfig:
         -1,
         "Runs of at most this many images skip the onnxruntime thread (-1: 8 if cores/--workers < 2).",
     )
+    inline_big_runs: bool = setting(
+        True,
+        "Runs on the every-core session (--intra-op-threads -1, runs of at least 64 images) run on "
+        "the event loop thread, which becomes one of onnxruntime's threads (false: on the model thread).",
+    )
     max_batch_size: int = setting(
         256,
         "Most images in one onnxruntime run; bigger requests are split into runs of this size.",

@@ -110,6 +110,7 @@ class ModelStore:
         run_threads: tuple[int, int] = (0, 0),
         pinned_version: int | None = None,
         inline_max_images: int = 0,
+        inline_big_runs: bool = False,
         mode: str = "poll",
         requested: tuple[str, ...] = (),
         device: str = "auto",
@@ -121,6 +122,7 @@ class ModelStore:
         self.device = device
         self.provider: str | None = None  # where the first model served runs; every other must too
         self.inline_max_images = inline_max_images
+        self.inline_big_runs = inline_big_runs
         self.providers = providers
         self.batching = batching
         self.metrics = metrics
@@ -168,8 +170,14 @@ class ModelStore:
         if runner.provider == CPU and self.providers != [CPU]:
             self.providers = [CPU]  # --device auto fell back (logged once): later builds ask for the CPU
         # A GPU run includes copies and may wait on the device: never on the event loop.
-        inline = self.inline_max_images if runner.provider == CPU else 0
-        batcher = DynamicBatcher(runner.run, self.batching, self.metrics.batch_observer(name), inline)
+        on_cpu = runner.provider == CPU
+        batcher = DynamicBatcher(
+            runner.run,
+            self.batching,
+            self.metrics.batch_observer(name),
+            self.inline_max_images if on_cpu else 0,
+            runner.every_core_from if on_cpu and self.inline_big_runs else None,
+        )
         model = LoadedModel(name, version, runner, batcher)
         model.warm_up()
         model.self_check()

@@ -127,6 +127,13 @@ class OnnxRunner:
                 raise StartupError(f"{self.path}: '{name}' is {found[name].type}, contract says {onnx_type}")
 
     @property
+    def every_core_from(self) -> int | None:
+        """The smallest run that goes to a many-thread session of its own, if there is one."""
+        if self.big_session is self.session or self.threads[1] in (0, 1):
+            return None
+        return BIG_RUN
+
+    @property
     def provider(self) -> str:
         return self.providers[0]
 

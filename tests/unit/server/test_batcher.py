@@ -355,6 +355,28 @@ def test_small_runs_stay_on_the_event_loop_and_large_ones_go_to_the_thread():
     assert threads[1][0] == 9 and threads[1][1] != loop_thread
 
 
+def test_runs_on_every_core_run_on_the_event_loop_and_middle_ones_on_the_thread():
+    threads: list[tuple[int, int]] = []
+
+    def model(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        threads.append((len(batch), threading.get_ident()))
+        return np.zeros((len(batch), NUM_CLASSES), np.float32), np.arange(len(batch))
+
+    async def go() -> tuple[int, list]:
+        batcher = DynamicBatcher(
+            model, BatchingSettings(max_batch_size=64), inline_max_images=0, inline_min_images=16
+        )
+        answers = [await batcher.infer(images([1] * n)) for n in (15, 16, 40)]
+        await batcher.close()
+        return threading.get_ident(), [a[1].tolist() for a in answers]
+
+    loop_thread, answers = run(go())
+    assert [n for n, _ in threads] == [15, 16, 40]
+    assert threads[0][1] != loop_thread
+    assert threads[1][1] == loop_thread and threads[2][1] == loop_thread
+    assert answers == [list(range(n)) for n in (15, 16, 40)]
+
+
 def test_the_queue_is_bounded_by_images_not_only_requests():
     async def go():
         model = GatedModel()

@@ -190,3 +190,20 @@ def test_a_version_that_lands_on_another_provider_is_refused(tiny_repository):
         "runs on CPUExecutionProvider, but this server serves on CUDAExecutionProvider"
         in store.reasons["mnist"]
     )
+
+
+@pytest.mark.parametrize(("inline_big_runs", "expected"), [(True, 64), (False, None)])
+def test_runs_on_the_every_core_session_go_to_the_event_loop_unless_turned_off(
+    tiny_repository, inline_big_runs, expected
+):
+    store = ModelStore(
+        tiny_repository,
+        ["CPUExecutionProvider"],
+        BatchingSettings(max_batch_size=256),
+        Metrics(),
+        run_threads=(1, 2),
+        inline_big_runs=inline_big_runs,
+    )
+    model = store.build("mnist", 1)
+    assert model.batcher._inline_min_images == expected
+    asyncio.run(model.batcher.close())

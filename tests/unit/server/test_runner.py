@@ -40,6 +40,16 @@ def test_one_thread_count_makes_one_session():
     assert runner.big_session is runner.session
 
 
+@pytest.mark.parametrize(
+    ("threads", "expected"), [((1, 2), BIG_RUN), ((1, 1), None), ((2, 2), None), (0, None)]
+)
+def test_only_a_many_thread_session_of_its_own_takes_every_core(threads, expected):
+    """Runs that take every core may run on the event loop; with one session (one thread,
+    or a thread count pinned by --intra-op-threads) nothing does."""
+    runner = OnnxRunner(Path("tiny.onnx"), [CPU], threads, model_bytes=tiny_model_bytes())
+    assert runner.every_core_from == expected
+
+
 def test_device_cuda_is_refused_when_the_session_itself_runs_on_the_cpu():
     """onnxruntime answers a CUDA request it cannot meet with a CPU session and a log line;
     the runner reads the session's own providers and refuses, naming why CUDA did not start."""
