@@ -8,8 +8,9 @@ request's CPU time, read from /proc over the middle of each run:
 
 - Triton's client and a bare grpc.aio server that answers without running a model
   (``bench/floor_server.py --no-model``): what the transport alone costs;
-- mnist-serve with default flags, thread by thread: the event loop, gRPC's own threads, the
-  model threads (onnxruntime's and the thread that calls it), and the cores left idle;
+- mnist-serve with default flags, thread by thread: the event loop (which calls onnxruntime
+  for a batch of 256 itself: ``--inline-big-runs``), gRPC's own threads, the other model
+  threads (onnxruntime's pool, the model thread of small runs), and the cores left idle;
 - onnxruntime in process on the same batch, with its default threads and with one thread.
 
 From these, what no server on these cores can pass: the cores divided by the CPU time of one
@@ -176,9 +177,10 @@ def report(rounds: list[dict], cores: int) -> str:
         "| where | mnist-serve, default flags | bare gRPC server, no model |",
         "|---|---|---|",
         f"| Triton's client | {med(('ours', 'client_ms')):.2f} | {med(('transport', 'client_ms')):.2f} |",
-        f"| the server's event loop | {med(('ours', 'loop_ms')):.2f} | {med(('transport', 'loop_ms')):.2f} |",
+        "| the server's event loop (for a batch of 256, also onnxruntime's calling thread) | "
+        f"{med(('ours', 'loop_ms')):.2f} | {med(('transport', 'loop_ms')):.2f} |",
         f"| gRPC's own threads | {med(('ours', 'grpc_ms')):.2f} | {med(('transport', 'grpc_ms')):.2f} |",
-        f"| model threads (onnxruntime) | {med(('ours', 'model_ms')):.2f} | — |",
+        f"| onnxruntime's other threads | {med(('ours', 'model_ms')):.2f} | — |",
         f"| cores left idle | {med(('ours', 'idle_ms')):.2f} ({med(('ours', 'idle_cores')):.2f} cores) | "
         f"{med(('transport', 'idle_ms')):.2f} ({med(('transport', 'idle_cores')):.2f} cores) |",
         f"| images/s | {med(('ours', 'images_per_s')):,.0f} | {med(('transport', 'images_per_s')):,.0f} |",
