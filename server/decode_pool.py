@@ -9,9 +9,11 @@ and stops handing out when the caller goes away.
 
 The pool manages its own workers (Python's ProcessPoolExecutor breaks as a whole when one
 worker dies): each worker has a feeder thread here that sends it a chunk and reads its
-answers one image at a time. A worker that dies (the OOM killer, kill -9) is replaced and at
-most the image it was on fails; one that spends more than ``--max-decode-ms`` of CPU on an
-image (a decoder bomb) is killed and replaced, and that image gets its own INVALID_ARGUMENT.
+answers one image at a time. A worker that dies (the OOM killer, kill -9) is replaced and the
+image it was on is tried once more on its replacement: a kill from outside is not the image's
+doing, and only an image that a second worker dies on too gets its own INVALID_ARGUMENT. One
+that spends more than ``--max-decode-ms`` of CPU on an image (a decoder bomb) is killed and
+replaced, and that image gets its own INVALID_ARGUMENT at once.
 A worker that only waits for a core on a busy machine is given up to ten budgets of time.
 ``bench/decode_pool.py`` measures threads against processes.
 """
@@ -136,9 +138,13 @@ class _Worker:
     def _run(self, task: _Task) -> None:
         """Decode every image of the task, replacing the worker as often as it dies or overruns.
         An image is blamed only for what happens while the worker is on it: a worker found dead
-        before it took the chunk is replaced and the chunk handed over again."""
+        before it took the chunk is replaced and the chunk handed over again, and an image is
+        blamed for a worker's death only when a second worker dies on it too (a worker killed
+        from outside, as the OOM killer or the fork server's death does, takes an image down
+        once; a decoder that crashes on it does so again)."""
         budget = self.pool.decode_seconds
         handovers = 0
+        died_on: set[int] = set()  # images of this task a worker has died on once
         while len(task.results) < len(task.blobs) and not task.future.cancelled():
             if not self.alive():
                 self.kill()
@@ -158,8 +164,14 @@ class _Worker:
                 self._blame(task, f"took longer than {budget * 1e3:g} ms to decode")
             except (EOFError, OSError):  # the worker died (killed, or the decoder crashed it)
                 handovers += not taken
-                if taken or handovers > 3:
+                current = len(task.results)
+                if (taken and current in died_on) or handovers > 3:
                     self._blame(task, "the decoder stopped on this image")
+                elif taken:
+                    died_on.add(current)
+                    name = task.fields[current]
+                    log.warning("decode worker %d died on %s; replaced, trying it again", self.number, name)
+                    self.kill()
                 else:
                     log.warning("decode worker %d was found dead; replaced", self.number)
                     self.kill()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mnist_serving.server import decode_pool
 from mnist_serving.server.decode_pool import DecodePool
 from mnist_serving.server.errors import DeadlineExpired, InvalidInput
 from mnist_serving.server.preprocess import decode_sized
@@ -101,3 +102,105 @@ def test_an_image_over_the_decode_budget_fails_alone_and_its_worker_is_replaced(
     assert str(results[0]).startswith("images[0].encoded")
     assert np.array_equal(results[1], stroke)
     assert after != before  # the overrunning worker was stopped and replaced
+
+
+class _ScriptedConnection:
+    """A worker's end as the feeder sees it: takes the chunk, then answers each image from a
+    script, where "dies" is the worker dying on that image."""
+
+    def __init__(self, answers: list) -> None:
+        self.answers, self.acknowledged = list(answers), False
+
+    def send(self, task: object) -> None:
+        pass
+
+    def poll(self, timeout: float = 0) -> bool:
+        return True
+
+    def recv(self) -> object:
+        if not self.acknowledged:
+            self.acknowledged = True
+            return None
+        answer = self.answers.pop(0)
+        if answer == "dies":
+            raise EOFError
+        return answer
+
+
+class _ScriptedWorker(decode_pool._Worker):
+    """A feeder whose every replacement worker follows the next script."""
+
+    def __init__(self, scripts: list[list]) -> None:
+        pool = type("Pool", (), {"decode_seconds": 1.0, "spawn": lambda _, worker: worker._next()})()
+        super().__init__(pool, 0)
+        self.scripts, self.spawned, self._alive = list(scripts), 0, False
+
+    def _next(self) -> None:
+        self.connection, self._alive = _ScriptedConnection(self.scripts.pop(0)), True
+        self.spawned += 1
+
+    def alive(self) -> bool:
+        return self._alive
+
+    def kill(self) -> None:
+        self._alive = False
+
+    def _answers_within(self, budget: float) -> bool:
+        return True
+
+
+def _scripted_task(count: int) -> decode_pool._Task:
+    future = type("Future", (), {"cancelled": lambda _: False})()
+    return decode_pool._Task([b""] * count, [f"images[{i}].encoded" for i in range(count)], future, None)
+
+
+def test_an_image_a_worker_dies_on_once_is_tried_again_on_its_replacement():
+    """A kill from outside (the OOM killer, the fork server's death) is not the image's doing."""
+    pixels = np.zeros((28, 28), np.uint8)
+    worker = _ScriptedWorker([[(pixels, 784), "dies"], [(pixels, 784), (pixels, 784)]])
+    task = _scripted_task(3)
+    worker._run(task)
+    assert [isinstance(value, np.ndarray) for value, _ in task.results] == [True, True, True]
+    assert worker.spawned == 2
+
+
+def test_an_image_two_workers_die_on_is_blamed_and_the_rest_are_decoded():
+    pixels = np.zeros((28, 28), np.uint8)
+    worker = _ScriptedWorker([["dies"], ["dies"], [(pixels, 784)]])
+    task = _scripted_task(2)
+    worker._run(task)
+    first, second = (value for value, _ in task.results)
+    assert isinstance(first, InvalidInput)
+    assert str(first) == "images[0].encoded: the decoder stopped on this image"
+    assert isinstance(second, np.ndarray) and worker.spawned == 3
+
+
+def test_a_worker_killed_while_it_decodes_loses_no_image():
+    """kill -9 of the worker in the middle of a half-second decode: its replacement decodes
+    the same image, and the call gets every answer."""
+    import os
+    import signal
+    import threading
+
+    pool = DecodePool(1, pixel_budget=10**9, decode_ms=20_000)
+    pool.start()
+    try:
+        asyncio.run(pool.decode(BLOBS[:1], FIELDS[:1]))  # the worker has warmed up and taken work
+        victim = pool.pids()[0]
+        started = decode_pool._cpu_seconds(pool._workers[0].process)
+        found: list = []
+        call = threading.Thread(
+            target=lambda: found.extend(asyncio.run(pool.decode([_big_png()], FIELDS[:1])))
+        )
+        call.start()
+        deadline = time.monotonic() + 60
+        while decode_pool._cpu_seconds(pool._workers[0].process) < started + 0.1:  # it is on the image
+            assert time.monotonic() < deadline and call.is_alive(), "the worker never started decoding"
+            time.sleep(0.005)  # polling another process's CPU time
+        os.kill(victim, signal.SIGKILL)
+        call.join(120)
+        after = pool.pids()
+    finally:
+        pool.close()
+    assert len(found) == 1 and isinstance(found[0], np.ndarray), found
+    assert after and victim not in after
