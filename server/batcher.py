@@ -2,10 +2,10 @@
 
 One worker takes chunks from the queue (``batch_queue.py``) until a batch is full or
 ``max_delay`` has passed, and runs it in a one-thread executor (tiny runs, and runs that take
-every core, on the event loop).
-While a run executes on the thread, a next batch that is already full is handed to the thread
-too, so it goes from run to run without waiting for the event loop; a partial one waits and gathers what
-arrives. Cancelled or expired requests are dropped before their run; a full queue refuses.
+every core, on the event loop). While a run executes on the thread, a next batch that is
+already full is handed to the thread too, so it goes from run to run without waiting for the
+event loop; a partial one waits and gathers what arrives. Cancelled or expired requests are
+dropped before their run; a full queue refuses.
 """
 
 from __future__ import annotations

@@ -189,9 +189,8 @@ def test_a_worker_killed_while_it_decodes_loses_no_image():
         victim = pool.pids()[0]
         started = decode_pool._cpu_seconds(pool._workers[0].process)
         found: list = []
-        call = threading.Thread(
-            target=lambda: found.extend(asyncio.run(pool.decode([_big_png()], FIELDS[:1])))
-        )
+        big = _big_png()  # encoded before the call: the wait below is for the decode alone
+        call = threading.Thread(target=lambda: found.extend(asyncio.run(pool.decode([big], FIELDS[:1]))))
         call.start()
         deadline = time.monotonic() + 60
         while decode_pool._cpu_seconds(pool._workers[0].process) < started + 0.1:  # it is on the image
