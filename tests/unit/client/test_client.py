@@ -6,6 +6,7 @@ from __future__ import annotations
 import _thread
 import asyncio
 import inspect
+import json
 import math
 import subprocess
 import sys
@@ -105,13 +106,23 @@ def test_both_clients_have_the_same_public_methods_and_signatures():
         assert {"timeout", "retries"} <= sync[method].parameters.keys()
 
 
-def test_importing_the_library_loads_no_batch_or_decoding_stack():
-    code = (
-        "import mnist_serving.client, sys; "
-        "print([m for m in ('tqdm', 'pyarrow', 'ray', 'cv2', 'PIL') if m in sys.modules])"
-    )
+def _loaded_after(statement: str, modules: tuple[str, ...]) -> list[str]:
+    code = f"import json, sys; {statement}; print(json.dumps([m for m in {modules!r} if m in sys.modules]))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    return json.loads(out)
+
+
+def test_importing_the_library_loads_no_batch_or_decoding_stack():
+    statement = "from mnist_serving.client import AsyncClient, Client, ClientOptions, ClassifyError"
+    assert _loaded_after(statement, ("tqdm", "pyarrow", "ray", "cv2", "PIL")) == []
+    assert _loaded_after(statement, ("grpc",)) == ["grpc"]  # the check above can fail
+
+
+def test_a_decode_worker_loads_no_grpc():
+    """The batch tool's decode workers import ``client.batch.job`` (their fork server's
+    preload): the package's names load when used, so gRPC stays out of every worker."""
+    assert _loaded_after("import mnist_serving.client.batch.job", ("grpc", "google.protobuf")) == []
+    assert _loaded_after("import mnist_serving.client.batch.job", ("cv2",)) == ["cv2"]
 
 
 def test_a_call_timeout_is_a_deadline_for_that_call(scripted):
