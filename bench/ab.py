@@ -117,6 +117,8 @@ def main() -> int:
     model = model_repository.published_model(ROOT / "models", MODEL_NAME)
     if model is None:
         raise SystemExit("no published model: run `make run` first")
+    if "single" in only:
+        h2load_run.require("the single-image scenario")
     repository = Path(model).resolve().parent.parent.parent
     mnist, work, data, single = test_set_files(Path(model).resolve(), "bench-ab-")
     rest = work / "rest64.json"

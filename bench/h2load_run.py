@@ -18,6 +18,13 @@ from mnist_serving.common.contract import MODEL_NAME
 from mnist_serving.protos.gen.inference import grpc_service_pb2 as v2
 
 PATH = "/inference.GRPCInferenceService/ModelInfer"
+MISSING = "h2load is not installed (Debian: nghttp2-client)"
+
+
+def require(rows: str) -> None:
+    """Stop before the first round, not minutes into a sitting, when h2load is missing."""
+    if shutil.which("h2load") is None:
+        raise SystemExit(f"{MISSING}; {rows} need it")
 
 
 def request_bytes(image: np.ndarray) -> bytes:
@@ -64,7 +71,7 @@ def h2load(
 
 def run(port: int, body: Path, seconds: float, connections: int, streams: int, log: Path) -> dict:
     if shutil.which("h2load") is None:
-        return {"error": "h2load not installed (Debian: nghttp2-client)"}
+        return {"error": MISSING}
     log.unlink(missing_ok=True)  # h2load appends: a reused log would mix in an earlier run's times
     rps, codes = h2load(
         f"http://127.0.0.1:{port}{PATH}",

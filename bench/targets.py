@@ -22,7 +22,6 @@ import io
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -99,8 +98,7 @@ def main() -> int:
     model = model_repository.published_model(ROOT / "models", MODEL_NAME)
     if model is None:
         raise SystemExit("no published model: run `make run` first")
-    if shutil.which("h2load") is None:  # the single-image rows; found before the first round, not after it
-        raise SystemExit("h2load is not installed (Debian: nghttp2-client); the single-image rows need it")
+    h2load_run.require("the single-image rows")
     model = Path(model).resolve()
     mnist, work, data, body = test_set_files(model, "bench-targets-")
     dark, bright = [], []
