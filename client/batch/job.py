@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import errno
 import multiprocessing
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -99,9 +101,17 @@ def read_and_decode(
 
 
 def _read(path: str) -> bytes:
-    """A whole file, unbuffered: less than half what ``Path.read_bytes`` costs on a small
-    image (3.6 against 8 µs), where decoding one costs about 55."""
-    with open(path, "rb", buffering=0) as file:
+    """A whole regular file, unbuffered: about half what ``Path.read_bytes`` costs on a small
+    image (4.8 against 8.7 µs), where decoding one costs about 55. Opened without
+    blocking, so a named pipe with an image's name is refused instead of holding the worker
+    (and the job) until something writes to it."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(descriptor, "rb", buffering=0) as file:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file (a pipe, socket or device)")
         return file.read()
 
 
