@@ -149,3 +149,16 @@ def test_an_image_already_in_mnist_format_passes_through_unchanged(mnist):
     assert np.array_equal(preprocess.decode(encode(Image.fromarray(digit)))[0], digit)
     inverted = preprocess.decode(encode(Image.fromarray(255 - digit)))[0]  # dark on light: the pipeline
     assert not np.array_equal(inverted, digit) and correlation(inverted, digit) > 0.9
+
+
+@pytest.mark.parametrize("size", [(320, 240), (250, 170), (240, 320)])
+def test_big_images_are_reduced_by_whole_blocks_without_shifting(size):
+    """A 320×240 print is reduced by 3: each output pixel is one 3×3 block of the file, the
+    part blocks at the far edges included, so nothing drifts towards the right or bottom."""
+    factor = min(size) // preprocess.WORK_SIDE
+    rows, cols = -(-size[1] // factor), -(-size[0] // factor)
+    levels = np.random.default_rng(1).integers(0, 256, (rows, cols), dtype=np.uint8)
+    blocks = np.repeat(np.repeat(levels, factor, axis=0), factor, axis=1)[: size[1], : size[0]]
+    gray, _ = preprocess.load_gray(encode(Image.fromarray(blocks)))
+    assert gray.shape == levels.shape
+    assert np.array_equal(gray, levels.astype(np.float32))
