@@ -10,6 +10,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -63,9 +64,14 @@ def h2load(
         str(body),
         url,
     ]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False).stdout
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    out = done.stdout
     rps = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", out)
     status = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if not rps or float(rps.group(1)) == 0:  # a reading of nothing: say what h2load saw, and why
+        tail = "\n".join((out + done.stderr).strip().splitlines()[-12:])
+        print(f"h2load completed no request (exit {done.returncode}): {' '.join(command)}", file=sys.stderr)
+        print(tail, file=sys.stderr)
     return float(rps.group(1)) if rps else 0.0, [int(g) for g in status.groups()] if status else None
 
 

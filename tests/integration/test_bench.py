@@ -39,7 +39,8 @@ def test_bench_harness_quick(model_repository, tmp_path):
         assert rows[name]["requests"] > 0 and rows[name]["errors"] == 0 and rows[name]["wrong"] == 0, name
     assert rows["h2load answer check"]["ok"]
     (round_row,) = data["targets"]["rounds"]  # quick: one round of the interleaved targets
-    assert round_row["mnist-serving h2load 16x4"] > 0 and round_row["floor (1 process) h2load 16x4"] > 0
+    assert round_row["mnist-serving h2load 16x4"] > 0, (round_row, done.stderr[-3000:])
+    assert round_row["floor (1 process) h2load 16x4"] > 0, (round_row, done.stderr[-3000:])
     assert round_row["mnist-serving v2 batch256 c=4"] > 0 and round_row["wrong answers"] == 0
     report = (tmp_path / "docs" / "benchmarks.md").read_text()
     assert "| v2 single c=1 |" in report and (tmp_path / "docs" / "bench-throughput.png").is_file()
