@@ -16,7 +16,7 @@ def test_bench_harness_quick(model_repository, tmp_path):
             str(ROOT / "bench" / "run.py"),
             "--quick",
             "--seconds",
-            "0.3",  # each reading's window: long enough that a loaded 2-core CI box still completes a request
+            "0.3",  # each reading's window: a 2-core machine busy with other tests still completes requests
             "--peers",
             "",
             "--model",

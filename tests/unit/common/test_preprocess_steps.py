@@ -151,7 +151,7 @@ def test_an_image_already_in_mnist_format_passes_through_unchanged(mnist):
     assert not np.array_equal(inverted, digit) and correlation(inverted, digit) > 0.9
 
 
-@pytest.mark.parametrize("size", [(320, 240), (250, 170), (240, 320)])
+@pytest.mark.parametrize("size", [(320, 240), (250, 170), (240, 320)])  # 250×170: whole blocks only
 def test_big_images_are_reduced_by_whole_blocks_without_shifting(size):
     """A 320×240 print is reduced by 3: each output pixel is one 3×3 block of the file, the
     part blocks at the far edges included, so nothing drifts towards the right or bottom."""
