@@ -193,29 +193,13 @@ def _decode_pixels(data: bytes, kind: str, short: int, alpha: bool) -> np.ndarra
     if pixels.ndim == 3:
         pixels = _flatten(pixels)
     factor = min(pixels.shape) // WORK_SIDE
-    if factor >= 2:  # box filter: thin strokes stay, as faint lines
-        pixels = _reduce(pixels, factor)
+    if factor >= 2:
+        # Box filter (thin strokes stay, as faint lines) by Pillow's ``reduce``: a part block at
+        # the right or bottom edge is the mean of the pixels it has. OpenCV's area resizing to
+        # the rounded-up size stretches the blocks to fill it instead, shifting and blurring
+        # the image by up to a pixel at the far edge.
+        pixels = np.asarray(Image.fromarray(pixels).reduce(factor))
     return pixels.astype(np.float32)
-
-
-def _reduce(pixels: np.ndarray, factor: int) -> np.ndarray:
-    """Mean of each ``factor``×``factor`` block; a part block at the right or bottom edge is
-    the mean of the pixels it has (as Pillow's ``reduce``). OpenCV's area resizing to the
-    rounded-up size would stretch the blocks to fill it instead, shifting and blurring the
-    image by up to a pixel at the far edge."""
-    height, width = pixels.shape
-    rows, cols = height // factor, width // factor
-    out = cv2.resize(pixels[: rows * factor, : cols * factor], (cols, rows), interpolation=cv2.INTER_AREA)
-    if width > cols * factor:
-        edge = pixels[: rows * factor, cols * factor :].reshape(rows, -1).mean(axis=1)
-        out = np.hstack((out, np.rint(edge).astype(np.uint8)[:, None]))
-    if height > rows * factor:
-        edge = pixels[rows * factor :].astype(np.float32)
-        full = edge[:, : cols * factor].reshape(edge.shape[0], cols, factor).mean(axis=(0, 2))
-        if width > cols * factor:
-            full = np.append(full, edge[:, cols * factor :].mean())
-        out = np.vstack((out, np.rint(full).astype(np.uint8)[None, :]))
-    return out
 
 
 def _flatten(pixels: np.ndarray) -> np.ndarray:
