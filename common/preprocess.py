@@ -81,6 +81,8 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_WIDTH", str(MAX_SIDE))
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_HEIGHT", str(MAX_SIDE))
+# A broken file is that item's error; OpenCV's own warning about it would only be noise on stderr.
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 import cv2  # noqa: E402  (after its limits are set)
 
 # One thread, in every process that decodes (decode workers import this module): on images

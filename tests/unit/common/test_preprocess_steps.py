@@ -6,6 +6,9 @@ out like the reference (pixel correlation), where the version-1 pipeline did not
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -162,3 +165,17 @@ def test_big_images_are_reduced_by_whole_blocks_without_shifting(size):
     gray, _ = preprocess.load_gray(encode(Image.fromarray(blocks)))
     assert gray.shape == levels.shape
     assert np.array_equal(gray, levels.astype(np.float32))
+
+
+def test_a_broken_file_is_an_error_without_noise_on_stderr():
+    """``mnist-classify`` reports a truncated file in its row; OpenCV's own warning about the
+    same file would only clutter the terminal (a fresh process: the setting is read at import)."""
+    code = (
+        "import io; from PIL import Image; from mnist_serving.common import preprocess\n"
+        "buffer = io.BytesIO(); Image.new('L', (100, 100), 255).save(buffer, 'PNG')\n"
+        "try:\n    preprocess.decode(buffer.getvalue()[:60])\n"
+        "except preprocess.ImageError as exc:\n    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "cannot decode image (not a valid PNG file)"
+    assert done.stderr == ""
