@@ -11,10 +11,14 @@ request's CPU time, read from /proc over the middle of each run:
 - mnist-serve with default flags, thread by thread: the event loop (which calls onnxruntime
   for a batch of 256 itself: ``--inline-big-runs``), gRPC's own threads, the other model
   threads (onnxruntime's pool, the model thread of small runs), and the cores left idle;
-- onnxruntime in process on the same batch, with its default threads and with one thread.
+- onnxruntime in process on the same batch, with its default threads and with one thread;
+- the same bare server running the model, nothing else around it, in the two ways a server can
+  spread a batch over the cores: one run on onnxruntime's default threads called from the
+  event loop (mnist-serve's design), and one-thread runs side by side in a pool of two threads.
 
 From these, what no server on these cores can pass: the cores divided by the CPU time of one
-request, if it paid only the client, the bare transport and onnxruntime at its in-process cost.
+request, if it paid only the client, the bare transport and onnxruntime at its in-process cost;
+and what the simplest Python gRPC server reaches, measured.
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ from mnist_serving.common import model_repository  # noqa: E402
 from mnist_serving.common.contract import MODEL_NAME  # noqa: E402
 
 BATCH, CALLERS = 256, 2
+MEASURED_FLOORS = {
+    "floor on the loop": "bare gRPC server running the model on the loop, default threads",
+    "floor pool": "bare gRPC server running two one-thread runs side by side",
+}
 TICK = os.sysconf("SC_CLK_TCK")
 GRPC_THREADS = ("event_engine", "grpc_global_tim", "lifeguard")
 
@@ -112,22 +120,24 @@ def main() -> int:
     model = Path(model).resolve()
     _, work, data, _ = test_set_files(model, "bench-budget-")
     ours = next(s for s in servers(model, [], quick=True) if s.name == OURS)
-    port = free_port()
-    transport = Server(
-        "transport floor",
-        [sys.executable, str(HERE / "floor_server.py"), str(model), "--port", str(port), "--no-model"],
-        port,
-        floor=True,
-    )
+    floors = {
+        key: floor_server(model, flags)
+        for key, flags in (
+            ("transport", ["--no-model"]),
+            ("floor on the loop", ["--threads", "0"]),
+            ("floor pool", ["--threads", "1", "--pool", "2"]),
+        )
+    }
+    started = [ours, *floors.values()]
     rounds = []
     try:
-        for server in (ours, transport):
+        for server in started:
             server.start(work / f"{server.port}.log")
         for number in range(1, args.rounds + 1):
             row = {
                 "default threads": ceiling.measure(str(model), 0, (BATCH,), args.seconds)[0],
                 "one thread": ceiling.measure(str(model), 1, (BATCH,), args.seconds)[0],
-                "transport": under_load(transport, data, args.seconds),
+                **{key: under_load(server, data, args.seconds) for key, server in floors.items()},
                 "ours": under_load(ours, data, args.seconds),
             }
             if row["ours"]["errors"]:
@@ -135,7 +145,7 @@ def main() -> int:
             print(f"round {number}: {json.dumps(row)}", flush=True)
             rounds.append(row)
     finally:
-        for server in (ours, transport):
+        for server in started:
             server.stop()
     table = report(rounds, os.cpu_count() or 1)
     print(table)
@@ -151,6 +161,13 @@ def main() -> int:
     return 0
 
 
+def floor_server(model: Path, flags: list[str]) -> Server:
+    """``bench/floor_server.py`` on a free port with ``flags``."""
+    port = free_port()
+    command = [sys.executable, str(HERE / "floor_server.py"), str(model), "--port", str(port), *flags]
+    return Server("floor " + " ".join(flags), command, port, floor=True)
+
+
 def bounds(row: dict, cores: int) -> dict:
     """Per round: the ratios to in-process onnxruntime (default threads) of mnist-serve, and of
     a server that paid only the client, the bare transport and onnxruntime's in-process CPU."""
@@ -160,12 +177,20 @@ def bounds(row: dict, cores: int) -> dict:
         k: cores * 1e3 / (paid + row[k]["cpu_ms"]) * BATCH / reference
         for k in ("default threads", "one thread")
     }
-    return {"ours": row["ours"]["images_per_s"] / reference, **bound}
+    measured = {k: row[k]["images_per_s"] / reference for k in ("ours", *MEASURED_FLOORS) if k in row}
+    return {**measured, **bound}
+
+
+COLUMNS = ("ours", "transport", "floor on the loop", "floor pool")
 
 
 def report(rounds: list[dict], cores: int) -> str:
     def med(path: tuple[str, str]) -> float:
         return statistics.median(r[path[0]][path[1]] for r in rounds)
+
+    def row(label: str, key: str, model: bool = False) -> str:
+        cells = ["—" if model and k == "transport" else f"{med((k, key)):.2f}" for k in COLUMNS]
+        return f"| {label} | " + " | ".join(cells) + " |"
 
     per_round = [bounds(r, cores) for r in rounds]
     transport_ms = med(("transport", "loop_ms")) + med(("transport", "grpc_ms"))
@@ -174,16 +199,17 @@ def report(rounds: list[dict], cores: int) -> str:
         f"with {CALLERS} callers of {BATCH} images on the same cores; CPU milliseconds per request "
         "(medians of the rounds).",
         "",
-        "| where | mnist-serve, default flags | bare gRPC server, no model |",
-        "|---|---|---|",
-        f"| Triton's client | {med(('ours', 'client_ms')):.2f} | {med(('transport', 'client_ms')):.2f} |",
-        "| the server's event loop (for a batch of 256, also onnxruntime's calling thread) | "
-        f"{med(('ours', 'loop_ms')):.2f} | {med(('transport', 'loop_ms')):.2f} |",
-        f"| gRPC's own threads | {med(('ours', 'grpc_ms')):.2f} | {med(('transport', 'grpc_ms')):.2f} |",
-        f"| onnxruntime's other threads | {med(('ours', 'model_ms')):.2f} | — |",
-        f"| cores left idle | {med(('ours', 'idle_ms')):.2f} ({med(('ours', 'idle_cores')):.2f} cores) | "
-        f"{med(('transport', 'idle_ms')):.2f} ({med(('transport', 'idle_cores')):.2f} cores) |",
-        f"| images/s | {med(('ours', 'images_per_s')):,.0f} | {med(('transport', 'images_per_s')):,.0f} |",
+        "| where | mnist-serve, default flags | bare gRPC server, no model "
+        "| bare, model on the loop (default threads) | bare, two one-thread runs in a pool |",
+        "|---|---|---|---|---|",
+        row("Triton's client", "client_ms"),
+        row("the server's event loop (for a batch of 256, also onnxruntime's calling thread)", "loop_ms"),
+        row("gRPC's own threads", "grpc_ms"),
+        row("onnxruntime's other threads (the pool's, for the last column)", "model_ms", model=True),
+        "| cores left idle | "
+        + " | ".join(f"{med((k, 'idle_ms')):.2f} ({med((k, 'idle_cores')):.2f} cores)" for k in COLUMNS)
+        + " |",
+        "| images/s | " + " | ".join(f"{med((k, 'images_per_s')):,.0f}" for k in COLUMNS) + " |",
         "",
         "onnxruntime in process, the same batch: default threads "
         f"{med(('default threads', 'images_per_s')):,.0f} "
@@ -196,6 +222,7 @@ def report(rounds: list[dict], cores: int) -> str:
     ]
     for key, label in (
         ("ours", "mnist-serve, measured"),
+        *((k, f"{label}, measured") for k, label in MEASURED_FLOORS.items()),
         (
             "default threads",
             "bound: client + bare transport + onnxruntime at its in-process default-thread cost",
