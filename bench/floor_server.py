@@ -69,8 +69,8 @@ async def serve(
     await server.wait_for_termination()
 
 
-def _process(model: str, port: int) -> None:
-    asyncio.run(serve(model, port, reuse_port=True))
+def _process(model: str, port: int, run_model: bool, threads: int, pool: int) -> None:
+    asyncio.run(serve(model, port, True, run_model, threads, pool))
 
 
 def main() -> int:
@@ -92,7 +92,8 @@ def main() -> int:
         return 0
     # Forked before any gRPC object exists, as gRPC requires; the kernel spreads connections.
     context = multiprocessing.get_context("fork")
-    workers = [context.Process(target=_process, args=(args.model, args.port)) for _ in range(args.processes)]
+    task = (args.model, args.port, not args.no_model, args.threads, args.pool)
+    workers = [context.Process(target=_process, args=task) for _ in range(args.processes)]
     for worker in workers:
         worker.start()
     for worker in workers:
