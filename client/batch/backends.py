@@ -14,7 +14,7 @@ import numpy as np
 
 from mnist_serving.client.client import Client
 from mnist_serving.client.results import BatchResult
-from mnist_serving.common import model_repository, preprocess
+from mnist_serving.common import model_repository
 from mnist_serving.common.contract import (
     IMAGE_SHAPE,
     INPUT,
@@ -95,6 +95,8 @@ class LocalBackend:
 
     def classify_encoded(self, blobs: list[bytes]) -> BatchResult:
         """What the server does with encoded images: the same pipeline, per-item errors."""
+        from mnist_serving.common import preprocess  # OpenCV and Pillow only where images are decoded
+
         images, rows, errors = [], [], {}
         for i, blob in enumerate(blobs):
             try:

@@ -51,7 +51,7 @@ from mnist_serving.client.options import DEFAULT_SERVER
 from mnist_serving.client.results import ClassifyError
 from mnist_serving.common.contract import MODEL_NAME, metadata_document
 from mnist_serving.common.idx import IdxError, read_idx
-from mnist_serving.common.preprocess import PREPROCESSING_VERSION
+from mnist_serving.common.preprocess_contract import PREPROCESSING_VERSION
 from mnist_serving.common.processes import workers_skip_the_main_script
 
 if TYPE_CHECKING:

@@ -24,13 +24,19 @@ import numpy as np
 
 from mnist_serving.client.batch.sources import STDIN, Chunk
 from mnist_serving.client.results import BatchResult
-from mnist_serving.common import preprocess, processes
+from mnist_serving.common import processes
 from mnist_serving.common.contract import IMAGE_SHAPE
 from mnist_serving.common.cpus import available_cpus
 
 # What the fork server imports once, so each decode worker starts with it loaded (the
-# decoding stack costs more to import than most jobs spend decoding a chunk).
-PRELOAD = ["mnist_serving.common.forkserver_preload", "mnist_serving.client.batch.job"]
+# decoding stack costs more to import than most jobs spend decoding a chunk). The job's own
+# process never decodes, and does not import OpenCV and Pillow: the fork server does, while
+# the job connects and lists its inputs.
+PRELOAD = [
+    "mnist_serving.common.forkserver_preload",
+    "mnist_serving.client.batch.job",
+    "mnist_serving.common.preprocess",
+]
 
 
 @dataclass
@@ -73,6 +79,8 @@ def read_and_decode(
     """In a decode worker: each file (or each ``held`` encoded image, named by ``paths``) →
     28×28 pixels (``decode``) or its bytes; errors named. Relative paths are read from
     ``base`` (the caller's directory, for workers that run elsewhere) and named as given."""
+    from mnist_serving.common import preprocess  # preloaded by the fork server (PRELOAD)
+
     images, rows, errors, blobs = [], [], {}, []
     for position, name in enumerate(paths):
         try:

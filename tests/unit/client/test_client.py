@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from mnist_serving.client import AsyncClient, ClassifyError, Client
+from mnist_serving.client.batch.job import PRELOAD
 from mnist_serving.client.options import MAX_BACKOFF
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
@@ -119,10 +120,19 @@ def test_importing_the_library_loads_no_batch_or_decoding_stack():
 
 
 def test_a_decode_worker_loads_no_grpc():
-    """The batch tool's decode workers import ``client.batch.job`` (their fork server's
-    preload): the package's names load when used, so gRPC stays out of every worker."""
-    assert _loaded_after("import mnist_serving.client.batch.job", ("grpc", "google.protobuf")) == []
-    assert _loaded_after("import mnist_serving.client.batch.job", ("cv2",)) == ["cv2"]
+    """The batch tool's decode workers start with their fork server's preload (``PRELOAD``):
+    the package's names load when used, so gRPC stays out of every worker."""
+    preload = "; ".join(f"import {name}" for name in PRELOAD if not name.endswith("forkserver_preload"))
+    assert _loaded_after(preload, ("grpc", "google.protobuf")) == []
+    assert _loaded_after(preload, ("cv2", "PIL")) == ["cv2", "PIL"]  # the check above can fail
+
+
+def test_the_batch_tools_own_process_loads_no_decoding_stack():
+    """The job's process never decodes (its workers do): OpenCV and Pillow are imported by the
+    fork server, while the job connects and lists its inputs."""
+    statement = "import mnist_serving.client.batch.cli"
+    assert _loaded_after(statement, ("cv2", "PIL")) == []
+    assert _loaded_after(statement, ("grpc",)) == ["grpc"]  # the check above can fail
 
 
 def test_a_call_timeout_is_a_deadline_for_that_call(scripted):
