@@ -164,7 +164,7 @@ def prepare(chunk: Chunk, server_decode: bool, base: str | None = None) -> Prepa
     if chunk.array is not None:
         return None
     names = chunk.names()
-    paths = [f"{s}#{i}" for s, i in names] if chunk.blobs is not None else [str(p) for p in chunk.files]
+    paths = [f"{s}#{i}" for s, i in names] if chunk.blobs is not None else chunk.files
     return read_and_decode(paths, chunk.stdin, not server_decode, chunk.blobs, base)
 
 

@@ -60,3 +60,23 @@ def test_a_glob_yields_its_first_match_before_listing_the_rest(tree, monkeypatch
     assert listed == [tree]  # only the top directory so far; its subdirectories wait
     rest = list(matches)
     assert tree / "d" / "7.png" in rest and len(listed) > 4
+
+
+@pytest.mark.parametrize("given", [".", "./", "a", "a/", "a//b/..", "ABSOLUTE", "e.png"])
+def test_a_walked_directory_names_its_files_as_pathlib_does(tree, given):
+    """The walk builds names as strings (a Path a file costs more than listing it); the output,
+    and --resume's comparison with it, still see the names pathlib gives."""
+    given = str(tree) if given == "ABSOLUTE" else given
+    found = sources.Inputs()
+    names = [name for chunk in sources.chunks([given], 3, found) for name, _ in chunk.names()]
+    expected = sorted(
+        (
+            str(Path(root) / name)
+            for root, _, files in os.walk(Path(given))
+            for name in files
+            if Path(name).suffix.lower() in sources.IMAGE_SUFFIXES
+        ),
+        key=lambda p: Path(p).parts,
+    )
+    assert names == expected and names
+    assert found.skipped == (1 if given.rstrip("/") in (".", str(tree)) else 0)  # d/notes.txt
