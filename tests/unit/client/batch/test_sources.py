@@ -64,7 +64,7 @@ def test_a_glob_yields_its_first_match_before_listing_the_rest(tree, monkeypatch
 
 @pytest.mark.parametrize("given", [".", "./", "a", "a/", "a//b/..", "ABSOLUTE", "e.png"])
 def test_a_walked_directory_names_its_files_as_pathlib_does(tree, given):
-    """The walk builds names as strings (a Path a file costs more than listing it); the output,
+    """The walk builds names as strings (a Path a file costs twice the rest of the walk); the output,
     and --resume's comparison with it, still see the names pathlib gives."""
     given = str(tree) if given == "ABSOLUTE" else given
     found = sources.Inputs()
