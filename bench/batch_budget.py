@@ -44,10 +44,21 @@ from mnist_serving.common import model_repository  # noqa: E402
 from mnist_serving.common.contract import MODEL_NAME  # noqa: E402
 
 BATCH, CALLERS = 256, 2
-MEASURED_FLOORS = {
-    "floor on the loop": "bare gRPC server running the model on the loop, default threads",
-    "floor pool": "bare gRPC server running two one-thread runs side by side",
+# The bare servers of bench/floor_server.py: their flags, and the label of their measured
+# ratio (None: the transport alone, which runs no model and only feeds the bounds).
+FLOORS = {
+    "transport": (["--no-model"], None),
+    "floor on the loop": (
+        ["--threads", "0"],
+        "bare gRPC server running the model on the loop, default threads",
+    ),
+    "floor pool": (
+        ["--threads", "1", "--pool", "2"],
+        "bare gRPC server running two one-thread runs side by side",
+    ),
 }
+MEASURED_FLOORS = {key: label for key, (_, label) in FLOORS.items() if label is not None}
+COLUMNS = ("ours", *FLOORS)  # the CPU table's columns, in the order of its header
 TICK = os.sysconf("SC_CLK_TCK")
 GRPC_THREADS = ("event_engine", "grpc_global_tim", "lifeguard")
 
@@ -120,14 +131,7 @@ def main() -> int:
     model = Path(model).resolve()
     _, work, data, _ = test_set_files(model, "bench-budget-")
     ours = next(s for s in servers(model, [], quick=True) if s.name == OURS)
-    floors = {
-        key: floor_server(model, flags)
-        for key, flags in (
-            ("transport", ["--no-model"]),
-            ("floor on the loop", ["--threads", "0"]),
-            ("floor pool", ["--threads", "1", "--pool", "2"]),
-        )
-    }
+    floors = {key: floor_server(model, flags) for key, (flags, _) in FLOORS.items()}
     started = [ours, *floors.values()]
     rounds = []
     try:
@@ -177,11 +181,8 @@ def bounds(row: dict, cores: int) -> dict:
         k: cores * 1e3 / (paid + row[k]["cpu_ms"]) * BATCH / reference
         for k in ("default threads", "one thread")
     }
-    measured = {k: row[k]["images_per_s"] / reference for k in ("ours", *MEASURED_FLOORS) if k in row}
+    measured = {k: row[k]["images_per_s"] / reference for k in ("ours", *MEASURED_FLOORS)}
     return {**measured, **bound}
-
-
-COLUMNS = ("ours", "transport", "floor on the loop", "floor pool")
 
 
 def report(rounds: list[dict], cores: int) -> str:
