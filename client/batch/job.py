@@ -16,7 +16,9 @@ import errno
 import multiprocessing
 import os
 import stat
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,6 +29,8 @@ from mnist_serving.client.results import BatchResult
 from mnist_serving.common import processes
 from mnist_serving.common.contract import IMAGE_SHAPE
 from mnist_serving.common.cpus import available_cpus
+
+DECODE_ATTEMPTS = 3  # a chunk whose decode worker died is retried in a new pool this many times in all
 
 # What the fork server imports once, so each decode worker starts with it loaded (the
 # decoding stack costs more to import than most jobs spend decoding a chunk). The job's own
@@ -210,15 +214,47 @@ class Job:
         self.backend = backend
         self.concurrency = max(1, concurrency)
         self.server_decode = server_decode
-        workers = decode_workers if decode_workers > 0 else available_cpus()
+        self.workers = decode_workers if decode_workers > 0 else available_cpus()
+        self.decoders = self._new_pool()
+        self._replacing = threading.Lock()
+        self.callers = concurrent.futures.ThreadPoolExecutor(self.concurrency, thread_name_prefix="job")
+        self.stopping = False
+
+    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         # Forkserver: workers never inherit the caller's gRPC channels or threads.
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(PRELOAD)
-        self.decoders = concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=context, initializer=processes.worker_init
+        return concurrent.futures.ProcessPoolExecutor(
+            self.workers, mp_context=context, initializer=processes.worker_init
         )
-        self.callers = concurrent.futures.ThreadPoolExecutor(self.concurrency, thread_name_prefix="job")
-        self.stopping = False
+
+    def _replace(self, broken: concurrent.futures.ProcessPoolExecutor) -> None:
+        """A worker killed (OOM killer, ``kill -9``) breaks the whole pool and every chunk in
+        it; the first caller to see it starts a new pool, the others use that one."""
+        with self._replacing:
+            if self.decoders is broken:
+                broken.shutdown(wait=False)  # its chunks have all failed already
+                self.decoders = self._new_pool()
+
+    def _prepare(self, chunk: Chunk) -> Prepared:
+        """The chunk's decoding, in a new pool if its worker died; after ``DECODE_ATTEMPTS``
+        pools broke under it, its files are rows with an error (a file that kills any
+        decoder that opens it must not stop the job)."""
+        for _ in range(DECODE_ATTEMPTS):
+            pool = self.decoders
+            try:
+                return pool.submit(prepare, chunk, self.server_decode).result()
+            except (BrokenProcessPool, RuntimeError) as exc:
+                # RuntimeError: submitted to a broken pool that another caller just shut down.
+                broke = isinstance(exc, BrokenProcessPool) or pool is not self.decoders
+                if self.stopping or not broke:
+                    raise
+                self._replace(pool)
+        message = "decode worker died on this chunk (killed, or crashed decoding one of its files)"
+        errors = {i: f"{name}: {message}" for i, (name, _) in enumerate(chunk.names())}
+        if self.server_decode:
+            return list(errors.values())
+        return Decoded(np.zeros((0, *IMAGE_SHAPE), np.uint8), [], errors)
 
     def close(self) -> None:
         # Interrupted: calls in flight are not waited for (a held server would hold the exit);
@@ -229,7 +265,7 @@ class Job:
     def _run_chunk(self, chunk: Chunk) -> list[Row]:
         prepared = None
         if chunk.array is None:
-            prepared = self.decoders.submit(prepare, chunk, self.server_decode).result()
+            prepared = self._prepare(chunk)
         return classify_chunk(self.backend, chunk, prepared)
 
     def run(self, chunks: Iterable[Chunk], write: Callable[[list[Row]], None]) -> Iterator[int]:
