@@ -1,5 +1,6 @@
 """The client extra asks for ranges (it is embedded in other services); constraints.txt pins
-every dependency exactly, for the images, CI and `make`; the two must agree."""
+every dependency exactly, for the images, CI and `make`; the two must agree. The wheel is what
+the images install, so what it holds is checked too."""
 
 from __future__ import annotations
 
@@ -69,3 +70,44 @@ def test_the_fixture_model_key_covers_what_training_and_export_import_from_commo
                 reached.add(found)
                 todo.append(ROOT / "common" / f"{found}.py")
     assert reached == set(FIXTURE_COMMON_MODULES)
+
+
+def test_the_wheel_installs_only_the_namespace_and_carries_its_data_files(tmp_path):
+    """The images install the wheel, not the checkout: the drawing page, the .proto files and
+    the upstream protocol's licence must travel in it, and no generic top-level name may."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    for folder in ("common", "train", "export", "server", "client", "protos"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-qw", tmp_path, source],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert "BuildBackendWarning" not in built.stderr, built.stderr[-2000:]
+    (wheel,) = tmp_path.glob("mnist_serving-*.whl")
+    dist_info = wheel.name.split("-py3")[0] + ".dist-info"
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"mnist_serving", dist_info}
+    for data in (
+        "server/page/index.html",
+        "server/page/app.js",
+        "server/page/style.css",
+        "protos/inference/grpc_service.proto",
+        "protos/inference/model_config.proto",
+        "protos/inference/LICENSE",
+        "protos/mnist/v1/classifier.proto",
+    ):
+        assert f"mnist_serving/{data}" in names, data
+    entry_points = zipfile.ZipFile(wheel).read(f"{dist_info}/entry_points.txt")
+    for script in ("mnist-train", "mnist-export", "mnist-serve", "mnist-classify"):
+        assert f"{script} = ".encode() in entry_points, script
