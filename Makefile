@@ -6,10 +6,10 @@ MODELS ?= models
 RUNS ?= runs
 SERVE_ARGS ?=
 
-.PHONY: run model train export serve test test-fast compose-test images lint protos bench bench-ab bench-quick field soak reliability audit clean
+.PHONY: run model bytecode train export serve test test-fast compose-test images lint protos bench bench-ab bench-quick field soak reliability audit clean
 
 # Main job: environment → data → train (if no run) → export with parity (if no model) → serve.
-run: model
+run: model bytecode
 	$(BIN)/mnist-serve --model-repository $(MODELS) $(SERVE_ARGS)
 
 $(BIN)/python:
@@ -35,13 +35,21 @@ model: $(VENV)/.installed-run
 		$(BIN)/mnist-export --runs-dir $(RUNS) --model-repository $(MODELS) || exit 1; \
 	fi
 
+# The package's bytecode, as an installed wheel has it: the checkout is installed editable, and
+# where the environment turns bytecode writing off (PYTHONDONTWRITEBYTECODE, as container
+# images often do), every process the server and the batch tool start (decode workers too)
+# would compile the package anew. Quick when nothing changed; a stale file is recompiled.
+PACKAGE_DIRS := common train export server client protos
+bytecode: $(VENV)/.installed-run
+	$(BIN)/python -m compileall -q $(PACKAGE_DIRS)
+
 train: $(VENV)/.installed-run
 	$(BIN)/mnist-train --runs-dir $(RUNS)
 
 export: $(VENV)/.installed-run
 	$(BIN)/mnist-export --runs-dir $(RUNS) --model-repository $(MODELS)
 
-serve: $(VENV)/.installed-run
+serve: $(VENV)/.installed-run bytecode
 	$(BIN)/mnist-serve --model-repository $(MODELS) $(SERVE_ARGS)
 
 # Tests: lint, then the whole suite (real training on small settings, real servers on loopback).
@@ -85,7 +93,7 @@ protos: $(VENV)/.installed-dev
 	$(BIN)/python -m mnist_serving.protos.generate
 
 # Benchmarks: one sitting against the in-process ceiling and the peers (minutes); see docs/benchmarks.md.
-bench: model $(VENV)/.installed-dev
+bench: model bytecode $(VENV)/.installed-dev
 	bench/peers/setup.sh
 	$(BIN)/python bench/run.py --docs docs/benchmarks.md
 	$(BIN)/python bench/rest_bench.py --docs docs/benchmarks.md
@@ -96,22 +104,22 @@ bench: model $(VENV)/.installed-dev
 	$(BIN)/python bench/batch_budget.py --docs docs/benchmarks.md
 
 # This tree against an earlier commit (BASELINE=<commit>), interleaved rounds; see docs/benchmarks.md.
-bench-ab: model $(VENV)/.installed-dev
+bench-ab: model bytecode $(VENV)/.installed-dev
 	$(BIN)/python bench/ab.py --baseline $(BASELINE) --docs docs/benchmarks.md
 
 # The field set (photos, prints, pens, scans; bench/field/): regenerate it from its seed, check
 # its hash, and print accuracy per condition for preprocessing v1 and v2 with the published model.
-field: model $(VENV)/.installed-dev
+field: model bytecode $(VENV)/.installed-dev
 	$(BIN)/python bench/field/generate.py
 	$(BIN)/python bench/field/evaluate.py --preprocessing 2,3
 	$(BIN)/python bench/field/speed.py
 
-bench-quick: model $(VENV)/.installed-dev
+bench-quick: model bytecode $(VENV)/.installed-dev
 	$(BIN)/python bench/run.py --quick --peers ""
 
 # Reliability: the mixed-API soak for minutes (figures in docs/reliability.md), then the
 # whole reliability and hostile-input suite.
-soak: model $(VENV)/.installed-dev
+soak: model bytecode $(VENV)/.installed-dev
 	$(BIN)/python bench/soak.py --seconds $${SOAK_SECONDS:-300} --callers 32
 
 reliability: soak
