@@ -38,10 +38,12 @@ model: $(VENV)/.installed-run
 # The package's bytecode, as an installed wheel has it: the checkout is installed editable, and
 # where the environment turns bytecode writing off (PYTHONDONTWRITEBYTECODE, as container
 # images often do), every process the server and the batch tool start (decode workers too)
-# would compile the package anew. Quick when nothing changed; a stale file is recompiled.
+# would compile the package anew. Quick when nothing changed; a stale file is recompiled. A
+# checkout it cannot write to still serves: its processes compile the package as they start.
 PACKAGE_DIRS := common train export server client protos
 bytecode: $(VENV)/.installed-run
-	$(BIN)/python -m compileall -q $(PACKAGE_DIRS)
+	@$(BIN)/python -m compileall -qq $(PACKAGE_DIRS) || \
+		echo "bytecode: could not write all of the package's bytecode (a read-only checkout?); going on without it" >&2
 
 train: $(VENV)/.installed-run
 	$(BIN)/mnist-train --runs-dir $(RUNS)
