@@ -84,7 +84,8 @@ def test_the_wheel_installs_only_the_namespace_and_carries_its_data_files(tmp_pa
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, source / name)
-    for folder in ("common", "train", "export", "server", "client", "protos"):
+    folders = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    for folder in folders.values():
         shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-qw", tmp_path, source],
@@ -96,7 +97,9 @@ def test_the_wheel_installs_only_the_namespace_and_carries_its_data_files(tmp_pa
     assert "BuildBackendWarning" not in built.stderr, built.stderr[-2000:]
     (wheel,) = tmp_path.glob("mnist_serving-*.whl")
     dist_info = wheel.name.split("-py3")[0] + ".dist-info"
-    names = zipfile.ZipFile(wheel).namelist()
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        entry_points = archive.read(f"{dist_info}/entry_points.txt")
     assert {n.split("/")[0] for n in names} == {"mnist_serving", dist_info}
     for data in (
         "server/page/index.html",
@@ -108,6 +111,5 @@ def test_the_wheel_installs_only_the_namespace_and_carries_its_data_files(tmp_pa
         "protos/mnist/v1/classifier.proto",
     ):
         assert f"mnist_serving/{data}" in names, data
-    entry_points = zipfile.ZipFile(wheel).read(f"{dist_info}/entry_points.txt")
     for script in ("mnist-train", "mnist-export", "mnist-serve", "mnist-classify"):
         assert f"{script} = ".encode() in entry_points, script
