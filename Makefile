@@ -40,7 +40,8 @@ model: $(VENV)/.installed-run
 # images often do), every process the server and the batch tool start (decode workers too)
 # would compile the package anew. Quick when nothing changed; a stale file is recompiled. A
 # checkout it cannot write to still serves: its processes compile the package as they start.
-PACKAGE_DIRS := common train export server client protos
+# The folders come from pyproject.toml's package-dir (read only when this target runs).
+PACKAGE_DIRS = $(shell $(BIN)/python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['tool']['setuptools']['package-dir'].values())")
 bytecode: $(VENV)/.installed-run
 	@$(BIN)/python -m compileall -qq $(PACKAGE_DIRS) || \
 		echo "bytecode: could not write all of the package's bytecode (a read-only checkout?); going on without it" >&2
