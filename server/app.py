@@ -100,7 +100,11 @@ class MnistServer:
     # --- start-up ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the port (health NOT_SERVING), then load and warm up, then turn SERVING."""
+        """Open the port (health NOT_SERVING), then load and warm up, then turn SERVING.
+
+        A worker sharing the port (``--workers``) loads first and opens the port only then:
+        the kernel hands each new connection to any socket listening on the port, and one
+        still loading could only answer UNAVAILABLE while the other workers are ready."""
         self.store.check_repository()
         # Before the port opens: its workers must not be forked from a process running gRPC.
         loop = asyncio.get_running_loop()
@@ -109,8 +113,17 @@ class MnistServer:
         self.decoder.on_health_change = lambda: loop.call_soon_threadsafe(
             lambda: loop.create_task(self.publish_readiness())
         )
-        await self.start_transport()
-        await self.load_models()
+        if self.reuse_port:
+            await self.load_models()
+            await self.start_transport()
+        else:
+            await self.start_transport()
+            await self.load_models()
+        if self.dataplane.ready():
+            log.info("ready: health SERVING")
+        else:
+            log.info("no model loaded (explicit model control): ready once one is loaded")
+        self.control.start_polling()
 
     async def start_transport(self) -> None:
         config = self.config
@@ -228,11 +241,6 @@ class MnistServer:
         )
         await self.publish_readiness()
         log.info("model control mode %s", config.model_control_mode)
-        if self.dataplane.ready():
-            log.info("ready: health SERVING")
-        else:
-            log.info("no model loaded (explicit model control): ready once one is loaded")
-        self.control.start_polling()
 
     async def poll_once(self) -> None:
         """One scan of the repository in poll mode (``ModelControl.poll_once``)."""

@@ -6,8 +6,10 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from mnist_serving.protos.gen.mnist.v1 import classifier_pb2 as pb
 from mnist_serving.protos.gen.mnist.v1 import classifier_pb2_grpc as pb_grpc
 from mnist_serving.server.app import MnistServer
 from mnist_serving.server.config import ServerConfig
+from tests.helpers import free_port
 
 NO_PORTS = ["--metrics-port", "-1", "--http-port", "-1"]
 
@@ -93,6 +96,55 @@ def test_health_is_not_serving_until_the_model_is_loaded(model_repository):
     assert before == health_pb2.HealthCheckResponse.NOT_SERVING
     assert early == grpc.StatusCode.UNAVAILABLE
     assert after == health_pb2.HealthCheckResponse.SERVING
+
+
+def _connection_refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=10).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_a_worker_sharing_the_port_opens_it_only_once_its_model_is_loaded(model_repository):
+    """With --workers the kernel hands each new connection to any socket listening on the port;
+    a replacement worker still loading would answer UNAVAILABLE while its siblings serve."""
+    port = free_port()
+
+    async def go():
+        server = MnistServer(
+            ServerConfig(
+                model_repository=model_repository, host="127.0.0.1", port=port, metrics_port=-1, http_port=-1
+            ),
+            reuse_port=True,
+        )
+        loading, release = threading.Event(), threading.Event()
+        load_initial = server.store.load_initial
+
+        def held_load():  # the real load, held until the port has been probed
+            loading.set()
+            release.wait(60)
+            return load_initial()
+
+        server.store.load_initial = held_load
+        starting = asyncio.create_task(server.start())
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, loading.wait, 60)
+        refused_while_loading = await loop.run_in_executor(None, _connection_refused, port)
+        release.set()
+        await starting
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = (await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())).status
+            answer = await pb_grpc.ClassifierStub(channel).Classify(
+                pb.ClassifyRequest(image=pb.Image(raw=bytes(784)))
+            )
+        await server.stop()
+        return refused_while_loading, health, answer
+
+    refused_while_loading, health, answer = asyncio.run(go())
+    assert refused_while_loading
+    assert health == health_pb2.HealthCheckResponse.SERVING
+    assert 0 <= answer.prediction.label <= 9
 
 
 def test_every_service_answers_through_its_generic_handler(model_repository):
