@@ -61,6 +61,7 @@ class Server:
     own_api: bool = False
     floor: bool = False  # the bare Python gRPC floor: ModelInfer only, measured with h2load
     http_port: int | None = None  # its REST port, where it has one
+    processes: int = 1  # mnist-serve --workers: each prints "serving gRPC on" once it serves
     process: subprocess.Popen | None = None
 
     def start(self, log: Path) -> None:
@@ -80,7 +81,9 @@ class Server:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"{self.name} exited; see {log}")
                 try:
-                    if stub.ModelReady(v2.ModelReadyRequest(name=MODEL_NAME), timeout=2).ready:
+                    ready = stub.ModelReady(v2.ModelReadyRequest(name=MODEL_NAME), timeout=2).ready
+                    # Every worker on the port, or the first connections all land on one of them.
+                    if ready and log.read_text().count("serving gRPC on") >= self.processes:
                         return
                 except grpc.RpcError:
                     pass
@@ -101,10 +104,10 @@ def servers(model: Path, peers: list[str], quick: bool = False) -> list[Server]:
     bin_dir = Path(sys.executable).parent
     repo = model.parent.parent.parent
     found = []
-    for name, extra in (
-        (OURS, []),
-        ("mnist-serving (batching off)", ["--batching", "false"]),
-        ("mnist-serving (2 workers)", ["--workers", "2"]),
+    for name, extra, processes in (
+        (OURS, [], 1),
+        ("mnist-serving (batching off)", ["--batching", "false"], 1),
+        ("mnist-serving (2 workers)", ["--workers", "2"], 2),
     ):
         port, http_port = free_port(), free_port()
         found.append(
@@ -131,6 +134,7 @@ def servers(model: Path, peers: list[str], quick: bool = False) -> list[Server]:
                 port,
                 own_api=True,
                 http_port=http_port,
+                processes=processes,
             )
         )
         if quick:
