@@ -61,7 +61,7 @@ class Server:
     own_api: bool = False
     floor: bool = False  # the bare Python gRPC floor: ModelInfer only, measured with h2load
     http_port: int | None = None  # its REST port, where it has one
-    processes: int = 1  # mnist-serve --workers: each prints "serving gRPC on" once it serves
+    processes: int = 1  # mnist-serve --workers N: each worker prints "serving gRPC on" once it serves
     process: subprocess.Popen | None = None
 
     def start(self, log: Path) -> None:
@@ -83,7 +83,9 @@ class Server:
                 try:
                     ready = stub.ModelReady(v2.ModelReadyRequest(name=MODEL_NAME), timeout=2).ready
                     # Every worker on the port, or the first connections all land on one of them.
-                    if ready and log.read_text().count("serving gRPC on") >= self.processes:
+                    if ready and (
+                        self.processes == 1 or log.read_text().count("serving gRPC on") >= self.processes
+                    ):
                         return
                 except grpc.RpcError:
                     pass
