@@ -61,7 +61,6 @@ class Server:
     own_api: bool = False
     floor: bool = False  # the bare Python gRPC floor: ModelInfer only, measured with h2load
     http_port: int | None = None  # its REST port, where it has one
-    processes: int = 1  # mnist-serve --workers N: each worker prints "serving gRPC on" once it serves
     process: subprocess.Popen | None = None
 
     def start(self, log: Path) -> None:
@@ -75,6 +74,8 @@ class Server:
             start_new_session=True,
         )
         deadline = time.monotonic() + 180
+        # mnist-serve --workers N: each worker prints "serving gRPC on" once it serves.
+        workers = int(self.command[self.command.index("--workers") + 1]) if "--workers" in self.command else 1
         with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
             stub = v2_grpc.GRPCInferenceServiceStub(channel)
             while time.monotonic() < deadline:
@@ -83,9 +84,7 @@ class Server:
                 try:
                     ready = stub.ModelReady(v2.ModelReadyRequest(name=MODEL_NAME), timeout=2).ready
                     # Every worker on the port, or the first connections all land on one of them.
-                    if ready and (
-                        self.processes == 1 or log.read_text().count("serving gRPC on") >= self.processes
-                    ):
+                    if ready and (workers == 1 or log.read_text().count("serving gRPC on") >= workers):
                         return
                 except grpc.RpcError:
                     pass
@@ -106,10 +105,10 @@ def servers(model: Path, peers: list[str], quick: bool = False) -> list[Server]:
     bin_dir = Path(sys.executable).parent
     repo = model.parent.parent.parent
     found = []
-    for name, extra, processes in (
-        (OURS, [], 1),
-        ("mnist-serving (batching off)", ["--batching", "false"], 1),
-        ("mnist-serving (2 workers)", ["--workers", "2"], 2),
+    for name, extra in (
+        (OURS, []),
+        ("mnist-serving (batching off)", ["--batching", "false"]),
+        ("mnist-serving (2 workers)", ["--workers", "2"]),
     ):
         port, http_port = free_port(), free_port()
         found.append(
@@ -136,7 +135,6 @@ def servers(model: Path, peers: list[str], quick: bool = False) -> list[Server]:
                 port,
                 own_api=True,
                 http_port=http_port,
-                processes=processes,
             )
         )
         if quick:
